@@ -1,0 +1,46 @@
+# influencer-pipeline: every target sets up .venv itself (idempotent), so a fresh clone needs only Python 3.11.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export DAGSTER_HOME := $(CURDIR)/.dagster_home
+export MEDIA_ROOT ?= $(CURDIR)/media
+
+.PHONY: demo test dev lint format bench snapshot clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0   # the CPU wheel first, so nothing pulls the CUDA build
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+$(DAGSTER_HOME)/dagster.yaml: resources/dagster/dagster.local.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp $< $@
+
+demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python -m influencer_pipeline.demo
+
+test: $(STAMP)
+	$(BIN)/pytest -n 2 --durations=15
+
+dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(STAMP)
+	$(BIN)/python bench/ingest.py
+
+snapshot: $(STAMP)
+	UPDATE_SNAPSHOTS=1 $(BIN)/pytest tests/defs/test_definitions.py
+
+clean:
+	rm -rf $(VENV) .dagster_home media bench/.cache

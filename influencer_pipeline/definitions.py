@@ -1,0 +1,28 @@
+"""The code location `influencer_pipeline`: every group's definitions merged, with engines chosen from env vars."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from influencer_pipeline.defs import datasets, sensors
+from influencer_pipeline.defs.resources import resources_from_env
+
+
+def build_definitions() -> dg.Definitions:
+    return dg.Definitions(
+        assets=[datasets.training_images, datasets.image_captions],
+        jobs=[datasets.persona_dataset_job],
+        sensors=[
+            sensors.upload_sensor,
+            dg.AutomationConditionSensorDefinition(
+                "follow_upstream",
+                target=dg.AssetSelection.all(),
+                default_status=dg.DefaultSensorStatus.RUNNING,
+                minimum_interval_seconds=30,
+            ),
+        ],
+        resources=resources_from_env(),
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,73 @@
+"""`make demo`: run everything that exists so far on the sample persona, with the embedded defaults.
+
+Runs on the same instance as `make dev` (DAGSTER_HOME), so every run shows up in the UI afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import dagster as dg
+
+from influencer_pipeline.definitions import defs
+from influencer_pipeline.defs.partitions import personas
+from influencer_pipeline.media import MediaStore
+from influencer_pipeline.media.keys import (
+    captions_manifest_key,
+    contact_sheet_key,
+    dataset_manifest_key,
+    dataset_prefix,
+    uploads_prefix,
+)
+
+SAMPLE = Path(__file__).resolve().parent.parent / "resources" / "personas" / "ava"
+PERSONA = "ava"
+
+
+def upload_sample(store: MediaStore) -> int:
+    """Copy the sample persona into uploads/ava/, adding missing files only: a user's own files are never touched."""
+    copied = 0
+    for path in sorted(SAMPLE.iterdir()):
+        key = uploads_prefix(PERSONA) + path.name
+        if path.is_file() and not store.exists(key):
+            store.write_bytes(key, path.read_bytes())
+            copied += 1
+    return copied
+
+
+def main() -> None:
+    store = defs.resources["media"].get_store()
+    copied = upload_sample(store)
+    print(f"sample persona '{PERSONA}': {copied} files copied to {store.uri(uploads_prefix(PERSONA))}")
+    instance = dg.DagsterInstance.get()
+    if not instance.has_dynamic_partition(personas.name, PERSONA):
+        instance.add_dynamic_partitions(personas.name, [PERSONA])
+
+    started = time.perf_counter()
+    job = defs.resolve_job_def("persona_dataset")
+    result = job.execute_in_process(instance=instance, partition_key=PERSONA, raise_on_error=False)
+    elapsed = time.perf_counter() - started
+    if not result.success:
+        failure = result.get_run_failure_event()
+        raise SystemExit(f"demo run {result.run_id} failed: {failure.message if failure else 'see the run log'}")
+
+    manifest = json.loads(store.read_bytes(dataset_manifest_key(PERSONA)))
+    kept = [i for i in manifest["images"] if i["status"] == "kept"]
+    rejected = [i for i in manifest["images"] if i["status"] == "rejected"]
+    captions = json.loads(store.read_bytes(captions_manifest_key(PERSONA)))["captions"]
+    print(f"\ndataset run {result.run_id} succeeded in {elapsed:.1f} s")
+    print(f"  curated images : {len(kept)} kept, {len(rejected)} rejected -> {store.uri(dataset_prefix(PERSONA))}")
+    for image in rejected:
+        print(f"    rejected {image['source_key'].rsplit('/', 1)[-1]}: {image['reason']}")
+    sources = sorted({c["source"] for c in captions})
+    print(f"  captions       : {len(captions)} kohya .txt sidecars next to the images ({', '.join(sources)})")
+    print(f"  contact sheet  : {store.uri(contact_sheet_key(PERSONA))}")
+    print("\nLook at it in the UI: run `make dev`, open http://127.0.0.1:3000, then")
+    print("  Runs -> the run above (logs, steps), and Assets -> training_images -> partition 'ava'")
+    print("  (contact sheet, rejection table, kept/rejected plots) and image_captions (caption table).")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Shared fixtures: media stores on both backends, an S3 server (moto, server mode) on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from influencer_pipeline.media import LocalMediaStore, MediaStore, S3MediaStore
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3-protocol HTTP server on loopback, shared by the session; tests isolate by bucket."""
+    os.environ.update(S3_CREDENTIALS)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> tuple[object, str]:
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    bucket = f"media-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    return client, bucket
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path) -> MediaStore:
+    """The same tests run against both backends: the interface is the contract."""
+    if request.param == "local":
+        return LocalMediaStore(tmp_path / "media")
+    client, bucket = request.getfixturevalue("s3_bucket")
+    return S3MediaStore(client, bucket, prefix="studio")
