@@ -6,12 +6,14 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
 from influencer_pipeline.media import LocalMediaStore, MediaStore, S3MediaStore
+from tests.tiny_models import build_tiny_blip
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
@@ -49,3 +51,12 @@ def store(request: pytest.FixtureRequest, tmp_path) -> MediaStore:
         return LocalMediaStore(tmp_path / "media")
     client, bucket = request.getfixturevalue("s3_bucket")
     return S3MediaStore(client, bucket, prefix="studio")
+
+
+@pytest.fixture(scope="session")
+def tiny_blip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Also pins torch to one thread: tiny models gain nothing from more, and lose a lot on a busy CI box."""
+    import torch
+
+    torch.set_num_threads(1)
+    return build_tiny_blip(tmp_path_factory.mktemp("tiny-blip"))

@@ -1,6 +1,5 @@
 """The `datasets` group: curated training images and their captions, one partition per persona."""
 
-from __future__ import annotations
 
 import dagster as dg
 from pydantic import Field

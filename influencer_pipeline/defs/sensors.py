@@ -1,6 +1,5 @@
 """The upload sensor: new or changed persona folders become dataset runs, once per distinct content."""
 
-from __future__ import annotations
 
 import time
 

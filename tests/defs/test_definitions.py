@@ -1,0 +1,68 @@
+"""The code location loads, and its asset graph matches the reviewed snapshot.
+
+A change to keys, groups, partitions, pools, deps, checks, jobs or sensors fails this test until the snapshot
+is regenerated with `make snapshot` and the diff is reviewed with the code change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from influencer_pipeline.definitions import defs
+
+SNAPSHOT = Path(__file__).parent / "snapshots" / "asset_graph.json"
+
+
+def _partitions(node) -> str | None:
+    pd = node.partitions_def
+    if pd is None:
+        return None
+    if isinstance(pd, dg.MultiPartitionsDefinition):
+        return "multi(" + ",".join(f"{d.name}:{type(d.partitions_def).__name__}" for d in pd.partitions_defs) + ")"
+    name = getattr(pd, "name", None)
+    return f"{type(pd).__name__}({name})" if name else type(pd).__name__
+
+
+def graph_snapshot() -> dict:
+    graph = defs.resolve_asset_graph()
+    assets = {}
+    for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+        node = graph.get(key)
+        assets[key.to_user_string()] = {
+            "group": node.group_name,
+            "partitions": _partitions(node),
+            "pools": sorted(node.pools or []),
+            "deps": sorted(p.to_user_string() for p in node.parent_keys),
+            "kinds": sorted(node.kinds),
+            "automation": node.automation_condition.get_label() if node.automation_condition else None,
+            "checks": sorted(c.name for c in node.check_keys),
+        }
+    repo = defs.get_repository_def()
+    return {
+        "assets": assets,
+        "jobs": sorted(j.name for j in repo.get_all_jobs() if not j.name.startswith("__")),
+        "sensors": {s.name: s.default_status.value for s in repo.sensor_defs},
+        "schedules": {s.name: s.default_status.value for s in repo.schedule_defs},
+    }
+
+
+def test_definitions_load() -> None:
+    dg.Definitions.validate_loadable(defs)
+
+
+def test_asset_graph_matches_snapshot() -> None:
+    current = graph_snapshot()
+    if os.environ.get("UPDATE_SNAPSHOTS"):
+        SNAPSHOT.parent.mkdir(exist_ok=True)
+        SNAPSHOT.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+    assert current == json.loads(SNAPSHOT.read_text()), "asset graph changed: review it, then run `make snapshot`"
+
+
+def test_code_location_name_is_stable() -> None:
+    root = Path(__file__).resolve().parents[2]
+    assert 'code_location_name = "influencer_pipeline"' in (root / "pyproject.toml").read_text()
+    assert "location_name: influencer_pipeline" in (root / "workspace.yaml").read_text()

@@ -1,0 +1,89 @@
+"""The upload sensor on a real SQLite instance: partitions added and runs requested in one SensorResult."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from influencer_pipeline.defs.resources import LocalMediaStoreResource, S3MediaStoreResource, UploadPolicy
+from influencer_pipeline.defs.sensors import upload_sensor
+from influencer_pipeline.media import LocalMediaStore, S3MediaStore
+
+
+def evaluate(instance, resources, cursor=None) -> dg.SensorResult:
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        return upload_sensor(context)
+
+
+def apply(instance: dg.DagsterInstance, result: dg.SensorResult) -> None:
+    """What the daemon does with a result: add the partitions (tests get requests back, not applied)."""
+    for request in result.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+@pytest.fixture(params=["local", "s3"])
+def backend(request, tmp_path):
+    """(resources for the sensor, a store view of the same place for the test to upload into)."""
+    policy = UploadPolicy(settle_seconds=0)
+    if request.param == "local":
+        root = tmp_path / "media"
+        return {"media": LocalMediaStoreResource(root=str(root)), "upload_policy": policy}, LocalMediaStore(root)
+    from dagster_aws.s3 import S3Resource
+
+    client, bucket = request.getfixturevalue("s3_bucket")
+    s3 = S3Resource(endpoint_url=client.meta.endpoint_url, region_name="us-east-1")
+    resources = {"media": S3MediaStoreResource(bucket=bucket, prefix="p", s3=s3), "upload_policy": policy}
+    return resources, S3MediaStore(client, bucket, "p")
+
+
+def test_new_persona_adds_partition_and_requests_its_dataset_run(instance, backend) -> None:
+    resources, store = backend
+    store.write_bytes("uploads/ava/a.jpg", b"A")
+    store.write_bytes("uploads/ava/READY", b"")
+    result = evaluate(instance, resources)
+    assert [list(r.partition_keys) for r in result.dynamic_partitions_requests] == [["ava"]]
+    assert [r.partition_key for r in result.run_requests] == ["ava"]
+    assert upload_sensor.job_name == "persona_dataset"
+    assert result.run_requests[0].run_key.startswith("dataset:ava:")
+    apply(instance, result)
+
+    again = evaluate(instance, resources, cursor=result.cursor)
+    assert again.run_requests == [] and again.dynamic_partitions_requests == []
+
+
+def test_known_persona_is_not_added_twice(instance, backend) -> None:
+    resources, store = backend
+    instance.add_dynamic_partitions("personas", ["ava"])
+    store.write_bytes("uploads/ava/a.jpg", b"A")
+    result = evaluate(instance, resources)
+    assert result.dynamic_partitions_requests == []
+    assert [r.partition_key for r in result.run_requests] == ["ava"]
+
+
+def test_changed_dataset_requests_a_new_run_with_a_new_key(instance, backend) -> None:
+    resources, store = backend
+    store.write_bytes("uploads/ava/a.jpg", b"A")
+    first = evaluate(instance, resources)
+    store.write_bytes("uploads/ava/b.jpg", b"B")
+    second = evaluate(instance, resources, cursor=first.cursor)
+    assert len(second.run_requests) == 1
+    assert second.run_requests[0].run_key != first.run_requests[0].run_key
+
+
+def test_settle_window_holds_runs_back(instance, tmp_path) -> None:
+    root = tmp_path / "media"
+    resources = {"media": LocalMediaStoreResource(root=str(root)), "upload_policy": UploadPolicy(settle_seconds=3600)}
+    LocalMediaStore(root).write_bytes("uploads/ava/a.jpg", b"A")
+    result = evaluate(instance, resources)
+    assert result.run_requests == []
+    assert [list(r.partition_keys) for r in result.dynamic_partitions_requests] == [["ava"]]
+
+
+def test_sensor_is_on_by_default() -> None:
+    assert upload_sensor.default_status == dg.DefaultSensorStatus.RUNNING
