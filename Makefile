@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export MEDIA_ROOT ?= $(CURDIR)/media
+export WORK_DIR ?= $(CURDIR)/work
 
 .PHONY: demo test dev lint format bench snapshot clean
 
@@ -38,6 +39,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/comfy_queue.py
 
 snapshot: $(STAMP)
 	UPDATE_SNAPSHOTS=1 $(BIN)/pytest tests/defs/test_definitions.py

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import dagster as dg
 
-from influencer_pipeline.defs import datasets, sensors
+from influencer_pipeline.defs import datasets, sensors, training
 from influencer_pipeline.defs.resources import resources_from_env
 
 
 def build_definitions() -> dg.Definitions:
     return dg.Definitions(
-        assets=[datasets.training_images, datasets.image_captions],
-        jobs=[datasets.persona_dataset_job],
+        assets=[datasets.training_images, datasets.image_captions, training.lora_weights, training.lora_samples],
+        jobs=[datasets.persona_dataset_job, training.persona_training_job],
         sensors=[
             sensors.upload_sensor,
             dg.AutomationConditionSensorDefinition(

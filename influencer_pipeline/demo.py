@@ -19,6 +19,9 @@ from influencer_pipeline.media.keys import (
     contact_sheet_key,
     dataset_manifest_key,
     dataset_prefix,
+    lora_manifest_key,
+    lora_prefix,
+    samples_prefix,
     uploads_prefix,
 )
 
@@ -37,6 +40,17 @@ def upload_sample(store: MediaStore) -> int:
     return copied
 
 
+def run_job(instance: dg.DagsterInstance, name: str) -> tuple[str, float]:
+    started = time.perf_counter()
+    result = defs.resolve_job_def(name).execute_in_process(
+        instance=instance, partition_key=PERSONA, raise_on_error=False
+    )
+    if not result.success:
+        failure = result.get_run_failure_event()
+        raise SystemExit(f"demo run {result.run_id} ({name}) failed: {failure.message if failure else 'see its log'}")
+    return result.run_id, time.perf_counter() - started
+
+
 def main() -> None:
     store = defs.resources["media"].get_store()
     copied = upload_sample(store)
@@ -45,28 +59,33 @@ def main() -> None:
     if not instance.has_dynamic_partition(personas.name, PERSONA):
         instance.add_dynamic_partitions(personas.name, [PERSONA])
 
-    started = time.perf_counter()
-    job = defs.resolve_job_def("persona_dataset")
-    result = job.execute_in_process(instance=instance, partition_key=PERSONA, raise_on_error=False)
-    elapsed = time.perf_counter() - started
-    if not result.success:
-        failure = result.get_run_failure_event()
-        raise SystemExit(f"demo run {result.run_id} failed: {failure.message if failure else 'see the run log'}")
+    dataset_run, dataset_s = run_job(instance, "persona_dataset")
 
     manifest = json.loads(store.read_bytes(dataset_manifest_key(PERSONA)))
     kept = [i for i in manifest["images"] if i["status"] == "kept"]
     rejected = [i for i in manifest["images"] if i["status"] == "rejected"]
     captions = json.loads(store.read_bytes(captions_manifest_key(PERSONA)))["captions"]
-    print(f"\ndataset run {result.run_id} succeeded in {elapsed:.1f} s")
+    print(f"\ndataset run {dataset_run} succeeded in {dataset_s:.1f} s")
     print(f"  curated images : {len(kept)} kept, {len(rejected)} rejected -> {store.uri(dataset_prefix(PERSONA))}")
     for image in rejected:
         print(f"    rejected {image['source_key'].rsplit('/', 1)[-1]}: {image['reason']}")
     sources = sorted({c["source"] for c in captions})
     print(f"  captions       : {len(captions)} kohya .txt sidecars next to the images ({', '.join(sources)})")
     print(f"  contact sheet  : {store.uri(contact_sheet_key(PERSONA))}")
+
+    print("\ntraining the LoRA on the embedded tiny model (a few minutes on 2 CPU cores) ...")
+    training_run, training_s = run_job(instance, "persona_training")
+    record = json.loads(store.read_bytes(lora_manifest_key(PERSONA)))
+    print(f"training run {training_run} succeeded in {training_s:.1f} s")
+    summary = f"{record['steps']} steps, final loss {record['final_loss']:.3f}"
+    print(f"  LoRA (kohya)   : {store.uri(record['lora_key'])} ({summary})")
+    print(f"  checkpoints    : {len(record['checkpoints'])} in {store.uri(lora_prefix(PERSONA) + 'checkpoints/')}")
+    print(f"  loss curve     : {store.uri(lora_prefix(PERSONA) + 'loss_curve.png')}")
+    print(f"  sample grid    : {store.uri(samples_prefix(PERSONA) + 'grid.png')} (a .json beside each sample)")
     print("\nLook at it in the UI: run `make dev`, open http://127.0.0.1:3000, then")
     print("  Runs -> the run above (logs, steps), and Assets -> training_images -> partition 'ava'")
-    print("  (contact sheet, rejection table, kept/rejected plots) and image_captions (caption table).")
+    print("  (contact sheet, rejection table, kept/rejected plots), image_captions (caption table),")
+    print("  lora_weights (loss curve, final_loss plot) and lora_samples (sample grid, consistency_score).")
 
 
 if __name__ == "__main__":

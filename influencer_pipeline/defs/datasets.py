@@ -1,6 +1,5 @@
 """The `datasets` group: curated training images and their captions, one partition per persona."""
 
-
 import dagster as dg
 from pydantic import Field
 

@@ -7,12 +7,17 @@ Secrets are passed as `dg.EnvVar` so their values are read at run time and never
 from __future__ import annotations
 
 import os
+import shlex
+from pathlib import Path
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from influencer_pipeline.captions import BlipCaptioner, Captioner
+from influencer_pipeline.generation.base import ImageEngine
+from influencer_pipeline.generation.consistency import ClipEmbedder, ColorLayoutEmbedder, Embedder
 from influencer_pipeline.media import LocalMediaStore, MediaStore, S3MediaStore
+from influencer_pipeline.training.base import Trainer
 
 
 class MediaStoreResource(dg.ConfigurableResource):
@@ -66,6 +71,69 @@ class CaptionerResource(dg.ConfigurableResource):
         )
 
 
+class TrainerResource(dg.ConfigurableResource):
+    """LoRA trainer: kohya sd-scripts when `kohya_sd_scripts` is set, else the embedded diffusers + peft trainer."""
+
+    kohya_sd_scripts: str = ""
+    accelerate: str = "accelerate"
+    device: str = "auto"
+    work_dir: str = "work"  # local scratch: dataset copies, trainer output (kept for resume), tiny-model cache
+
+    @property
+    def engine(self) -> str:
+        return "kohya" if self.kohya_sd_scripts else "embedded"
+
+    @property
+    def default_preset(self) -> str:
+        return "sd15-standard" if self.kohya_sd_scripts else "embedded-tiny"
+
+    def get_trainer(self) -> Trainer:
+        if self.kohya_sd_scripts:
+            from influencer_pipeline.training.kohya import KohyaTrainer
+
+            return KohyaTrainer(Path(self.kohya_sd_scripts), accelerate=shlex.split(self.accelerate))
+        from influencer_pipeline.training.embedded import EmbeddedTrainer
+
+        return EmbeddedTrainer(cache_dir=Path(self.work_dir) / "models", device=self.device)
+
+
+class ImageEngineResource(dg.ConfigurableResource):
+    """Image engine: ComfyUI when `comfyui_url` is set, else the embedded diffusers pipeline."""
+
+    comfyui_url: str = ""
+    comfyui_loras_dir: str = ""  # ComfyUI's models/loras, shared with this host (mount or sync)
+    comfyui_checkpoint: str = "v1-5-pruned-emaonly.safetensors"
+    comfyui_template: str = "sd15-lora-txt2img"
+    comfyui_timeout_s: float = 600.0
+    base_model: str = "tiny"  # embedded: "tiny" or a local diffusers SD1.5/SDXL folder
+    device: str = "auto"
+    work_dir: str = "work"
+    consistency_clip_model: str = ""  # a local CLIP folder for the consistency score; empty: colour/layout
+
+    @property
+    def engine(self) -> str:
+        return "comfyui" if self.comfyui_url else "embedded"
+
+    def get_engine(self) -> ImageEngine:
+        if self.comfyui_url:
+            from influencer_pipeline.generation.comfyui import ComfyUIEngine
+
+            loras = Path(self.comfyui_loras_dir) if self.comfyui_loras_dir else None
+            return ComfyUIEngine(
+                self.comfyui_url,
+                loras,
+                self.comfyui_checkpoint,
+                template=self.comfyui_template,
+                timeout_s=self.comfyui_timeout_s,
+            )
+        from influencer_pipeline.generation.embedded import EmbeddedImageEngine
+
+        return EmbeddedImageEngine(self.base_model, cache_dir=Path(self.work_dir) / "models", device=self.device)
+
+    def get_embedder(self) -> Embedder:
+        return ClipEmbedder(self.consistency_clip_model) if self.consistency_clip_model else ColorLayoutEmbedder()
+
+
 class UploadPolicy(dg.ConfigurableResource):
     """When the upload sensor treats a persona folder as ready to use."""
 
@@ -93,10 +161,28 @@ def media_store_from_env() -> MediaStoreResource:
 
 
 def resources_from_env() -> dict[str, dg.ConfigurableResource]:
+    env = os.environ.get
+    work_dir = os.path.abspath(env("WORK_DIR", "work"))
     return {
         "media": media_store_from_env(),
         "captioner": CaptionerResource(
             model=os.environ.get("CAPTION_MODEL", ""), device=os.environ.get("CAPTION_DEVICE", "auto")
         ),
         "upload_policy": UploadPolicy(settle_seconds=float(os.environ.get("UPLOAD_SETTLE_SECONDS", "60"))),
+        "trainer": TrainerResource(
+            kohya_sd_scripts=env("KOHYA_SD_SCRIPTS", ""),
+            accelerate=env("KOHYA_ACCELERATE", "accelerate"),
+            device=env("TRAINING_DEVICE", "auto"),
+            work_dir=work_dir,
+        ),
+        "image_engine": ImageEngineResource(
+            comfyui_url=env("COMFYUI_URL", ""),
+            comfyui_loras_dir=env("COMFYUI_LORAS_DIR", ""),
+            comfyui_checkpoint=env("COMFYUI_CHECKPOINT", "v1-5-pruned-emaonly.safetensors"),
+            comfyui_template=env("COMFYUI_TEMPLATE", "sd15-lora-txt2img"),
+            base_model=env("EMBEDDED_BASE_MODEL", "tiny"),
+            device=env("IMAGE_DEVICE", "auto"),
+            work_dir=work_dir,
+            consistency_clip_model=env("CONSISTENCY_CLIP_MODEL", ""),
+        ),
     }

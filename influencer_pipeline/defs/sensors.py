@@ -1,6 +1,5 @@
 """The upload sensor: new or changed persona folders become dataset runs, once per distinct content."""
 
-
 import time
 
 import dagster as dg

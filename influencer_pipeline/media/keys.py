@@ -29,3 +29,17 @@ def captions_manifest_key(persona: str) -> str:
 
 def contact_sheet_key(persona: str) -> str:
     return f"{PERSONAS}/{persona}/previews/contact_sheet.jpg"
+
+
+def lora_prefix(persona: str) -> str:
+    """The trained LoRA (`<persona>.safetensors`), epoch checkpoints, loss curve and training record."""
+    return f"{PERSONAS}/{persona}/lora/"
+
+
+def lora_manifest_key(persona: str) -> str:
+    return f"{PERSONAS}/{persona}/manifests/lora_weights.json"
+
+
+def samples_prefix(persona: str) -> str:
+    """Validation renders with the persona's LoRA: `<n>.png` with `<n>.json` parameters beside, and `grid.png`."""
+    return f"{PERSONAS}/{persona}/samples/"

@@ -1,0 +1,1 @@
+"""Image generation: ComfyUI (production) and an embedded diffusers engine behind one interface."""

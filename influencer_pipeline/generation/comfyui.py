@@ -1,0 +1,691 @@
+"""The ComfyUI image engine: HTTP + WebSocket client for a ComfyUI server (contract: reference Part A).
+
+Throughput comes from keeping ComfyUI's single-worker queue full: up to `max_in_flight` of our prompts are
+queued at once and the next one is submitted the moment one finishes, before its image is downloaded, so the
+GPU never waits for this client. Completion is read from the WebSocket (`executing` with `node: null` is the
+only race-free signal); when the socket never connects or drops, `/history/{id}` polling takes over, with
+`/queue` telling "still queued" from "lost". Every wait is bounded, and every failure becomes one
+`ComfyUIError` whose message says what failed and what to do. When the run is stopped (or fails) only our
+own prompts are cancelled: pending ones deleted from the queue, a running one interrupted by id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import re
+import secrets
+import shutil
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+import websocket
+
+from influencer_pipeline.errors import InputError
+from influencer_pipeline.generation.base import GeneratedImage, GenerationRequest
+from influencer_pipeline.generation.workflows import TEMPLATES_DIR, ServerChoices, build_txt2img, load_template
+
+log = logging.getLogger(__name__)
+
+LORA_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pt2", ".bin", ".pth", ".sft")
+LORA_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,150}$")
+SEED_LIMIT = 2**53  # random seeds stay exact in JSON read by JavaScript (n8n, the ComfyUI UI)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TICK_S = 0.1  # how often the wait loop checks should_stop and its deadline
+SAFETY_POLL_FACTOR = 10  # with a live socket, /history is still polled this many poll intervals apart
+
+
+class ComfyUIError(RuntimeError):
+    """Anything that went wrong talking to ComfyUI; the message names what failed and what to do."""
+
+
+@dataclass
+class _Job:
+    index: int
+    request: GenerationRequest
+    seed: int
+    graph: dict[str, Any]
+    prompt_id: str = ""
+
+    @property
+    def where(self) -> str:
+        return _where(self.index)
+
+
+class ComfyUIEngine:
+    """`ImageEngine` backed by a ComfyUI server, with `loras_dir` a folder ComfyUI reads as `models/loras`.
+
+    `timeout_s` bounds the wait for the *next* image to finish (so it scales with the batch) and every HTTP read;
+    `connect_timeout_s` bounds every connection attempt; `max_in_flight` is how many of our prompts may wait
+    in ComfyUI's queue at once (enough to hide our latency, few enough to leave room for other clients).
+    """
+
+    name = "comfyui"
+
+    def __init__(
+        self,
+        url: str,
+        loras_dir: Path | None,
+        checkpoint: str,
+        template: str = "sd15-lora-txt2img",
+        timeout_s: float = 600,
+        connect_timeout_s: float = 10,
+        max_in_flight: int = 4,
+        *,
+        poll_interval_s: float = 1.0,
+        deploy_timeout_s: float = 60.0,
+        submit_retries: int = 3,
+        retry_backoff_s: float = 1.0,
+        templates_dir: Path = TEMPLATES_DIR,
+    ) -> None:
+        if not re.match(r"^https?://[^/\s]+", url or ""):
+            raise InputError("COMFYUI_URL", f"{url!r} is not an http(s) URL", "set it like http://127.0.0.1:8188")
+        if max_in_flight < 1:
+            raise InputError("max_in_flight", f"must be at least 1, got {max_in_flight}", "use 2-8")
+        self.url = url.rstrip("/")
+        self.loras_dir = Path(loras_dir) if loras_dir is not None else None
+        self.checkpoint = checkpoint
+        self.template = load_template(template, templates_dir)
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.max_in_flight = max_in_flight
+        self.poll_interval_s = poll_interval_s
+        self.deploy_timeout_s = deploy_timeout_s
+        self.submit_retries = submit_retries
+        self.retry_backoff_s = retry_backoff_s
+        self._http = requests.Session()
+
+    # ----- LoRA deployment -------------------------------------------------------------------------------------
+
+    def deploy_lora(self, local_path: Path, name: str) -> str:
+        """Copy the LoRA into the shared folder (atomically, skipped when identical) and wait until ComfyUI
+        lists it, so a generation that follows can never fail validation on a missing `lora_name`."""
+        source = Path(local_path)
+        if not source.is_file():
+            raise InputError(str(source), "the LoRA file does not exist", "train the LoRA first or fix the path")
+        file_name = _lora_file_name(name, source)
+        folder = self._shared_loras_dir()
+        target = folder / file_name
+        if _same_content(source, target):
+            log.info("LoRA %s is already in %s with identical content", file_name, folder)
+        else:
+            if target.exists():
+                log.warning(
+                    "replacing LoRA %s with different content: ComfyUI keeps serving the weights it already loaded "
+                    'under this name until its cache is cleared (POST /free {"free_memory": true}); prefer a new '
+                    "name per training run",
+                    file_name,
+                )
+            _atomic_copy(source, target)
+        self._wait_until_listed(file_name, folder)
+        return file_name
+
+    def _shared_loras_dir(self) -> Path:
+        if self.loras_dir is None:
+            raise ComfyUIError(
+                "cannot deploy a LoRA: no shared loras folder is configured. Set loras_dir to a folder that "
+                "ComfyUI reads as models/loras (mounted or shared with the ComfyUI host)"
+            )
+        if not self.loras_dir.is_dir():
+            raise ComfyUIError(
+                f"the shared loras folder {self.loras_dir} does not exist here. Mount ComfyUI's models/loras "
+                "folder at that path, or fix loras_dir"
+            )
+        return self.loras_dir
+
+    def _wait_until_listed(self, file_name: str, folder: Path) -> None:
+        deadline = time.monotonic() + self.deploy_timeout_s
+        while True:
+            listed = self._list_loras()
+            if file_name in listed:
+                return
+            if time.monotonic() >= deadline:
+                shown = ", ".join(listed[:10]) or "none"
+                raise ComfyUIError(
+                    f"ComfyUI at {self.url} does not list the LoRA {file_name!r} {self.deploy_timeout_s:g} s after "
+                    f"it was copied to {folder} (it lists {len(listed)}: {shown}). Check the shared folder path: "
+                    "it must be the folder ComfyUI reads as models/loras (see its extra_model_paths.yaml)"
+                )
+            time.sleep(min(self.poll_interval_s, max(deadline - time.monotonic(), 0.0)))
+
+    def _list_loras(self) -> list[str]:
+        return combo_options(self._node_info("LoraLoader"), "LoraLoader", "lora_name")
+
+    # ----- generation ------------------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        requests: list[GenerationRequest],
+        progress: Callable[[int, int], None] = lambda done, total: None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> list[GeneratedImage]:
+        """Render every request (all validated before the first is submitted); results in request order."""
+        if not requests:
+            return []
+        choices = self._server_choices(need_loras=any(r.loras for r in requests))
+        jobs = [self._prepare(index, request, choices) for index, request in enumerate(requests)]
+        client_id = uuid.uuid4().hex
+        with _Watcher(self, client_id) as watcher:
+            return self._run(jobs, client_id, watcher, progress, should_stop)
+
+    def _server_choices(self, need_loras: bool) -> ServerChoices:
+        sampler = self._node_info("KSampler")
+        return ServerChoices(
+            samplers=combo_options(sampler, "KSampler", "sampler_name"),
+            schedulers=combo_options(sampler, "KSampler", "scheduler"),
+            checkpoints=combo_options(self._node_info("CheckpointLoaderSimple"), "CheckpointLoaderSimple", "ckpt_name"),
+            loras=self._list_loras() if need_loras else None,
+        )
+
+    def _prepare(self, index: int, request: GenerationRequest, choices: ServerChoices) -> _Job:
+        seed = request.seed if request.seed is not None else secrets.randbelow(SEED_LIMIT)
+        graph = build_txt2img(
+            self.template, request, seed=seed, checkpoint=self.checkpoint, choices=choices, where=_where(index)
+        )
+        return _Job(index, request, seed, graph)
+
+    def _run(
+        self,
+        jobs: list[_Job],
+        client_id: str,
+        watcher: _Watcher,
+        progress: Callable[[int, int], None],
+        should_stop: Callable[[], bool],
+    ) -> list[GeneratedImage]:
+        pending = deque(jobs)
+        in_flight: dict[str, _Job] = {}
+        results: list[GeneratedImage | None] = [None] * len(jobs)
+        done = 0
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            while pending or in_flight:
+                if should_stop():
+                    raise self._stop_error(in_flight, done, len(jobs))
+                self._fill_queue(pending, in_flight, client_id)
+                finished = watcher.wait(in_flight, TICK_S)
+                if not finished:
+                    if time.monotonic() > deadline:
+                        raise self._timeout_error(in_flight)
+                    continue
+                finished_jobs = [(in_flight.pop(prompt_id), entry) for prompt_id, entry in finished]
+                self._fill_queue(pending, in_flight, client_id)  # before downloading: keep the GPU busy
+                for job, entry in finished_jobs:
+                    results[job.index] = self._collect(job, entry)
+                    done += 1
+                    progress(done, len(jobs))
+                deadline = time.monotonic() + self.timeout_s
+        except BaseException:
+            self._cancel(in_flight)
+            raise
+        return [result for result in results if result is not None]
+
+    def _stop_error(self, in_flight: dict[str, _Job], done: int, total: int) -> ComfyUIError:
+        """Cancel our prompts (the Dagster run was terminated), then say what was cancelled."""
+        deleted, interrupted = self._cancel(in_flight)
+        return ComfyUIError(
+            f"generation stopped because the run was terminated, after {done} of {total} images: removed "
+            f"{len(deleted)} of our prompts from ComfyUI's queue and interrupted {len(interrupted)} running one(s); "
+            "other clients' prompts were left alone"
+        )
+
+    def _timeout_error(self, in_flight: dict[str, _Job]) -> ComfyUIError:
+        """Cancel our prompts (no image finished in time), then say what we waited for and what to check."""
+        waiting = ", ".join(f"{job.where} (prompt {prompt_id})" for prompt_id, job in in_flight.items())
+        deleted, interrupted = self._cancel(in_flight)
+        return ComfyUIError(
+            f"no image finished within {self.timeout_s:g} s while waiting for {waiting}; ComfyUI at {self.url} may be "
+            f"stuck or busy with other work. We cancelled {len(deleted)} queued and {len(interrupted)} running "
+            "prompt(s) of ours. Check the ComfyUI console and its queue (GET /queue), or raise timeout_s for slow "
+            "models"
+        )
+
+    def _fill_queue(self, pending: deque[_Job], in_flight: dict[str, _Job], client_id: str) -> None:
+        """Submit until `max_in_flight` of ours are queued; a prompt is tracked before it is sent, so one that
+        ComfyUI queued despite `node_errors` is still cancelled."""
+        while pending and len(in_flight) < self.max_in_flight:
+            job = pending.popleft()
+            job.prompt_id = str(uuid.uuid4())
+            in_flight[job.prompt_id] = job
+            self._submit(job, client_id)
+
+    def _submit(self, job: _Job, client_id: str) -> None:
+        body = {"prompt": job.graph, "client_id": client_id, "prompt_id": job.prompt_id}
+        what = f"submitting {job.where}"
+        for attempt in range(self.submit_retries + 1):
+            response = self._call("POST", "/prompt", what, json_body=body)
+            if response.status_code < 500 or attempt == self.submit_retries:
+                break
+            delay = self.retry_backoff_s * 2**attempt
+            log.warning("ComfyUI answered HTTP %s to %s; retrying in %.1f s", response.status_code, what, delay)
+            time.sleep(delay)
+        if response.status_code >= 500:
+            raise ComfyUIError(
+                f"ComfyUI failed to queue {job.where}: HTTP {response.status_code} on all {self.submit_retries + 1} "
+                f"attempts ({_snippet(response)}). Check the ComfyUI console for the traceback"
+            )
+        payload = _json_body(response)
+        if response.status_code == 400 or (response.status_code == 200 and payload.get("node_errors")):
+            raise ComfyUIError(describe_rejection(job.where, payload))
+        if response.status_code != 200:
+            raise ComfyUIError(
+                f"ComfyUI answered HTTP {response.status_code} to {what}: {_snippet(response)}. "
+                "Is COMFYUI_URL pointing at ComfyUI itself (not a proxy or its UI)?"
+            )
+
+    def _collect(self, job: _Job, entry: dict[str, Any]) -> GeneratedImage:
+        """Turn a finished prompt's history entry into the image, or into the error it ended with."""
+        status = entry.get("status") or {}
+        messages = [m for m in status.get("messages") or [] if isinstance(m, list) and len(m) == 2]
+        for kind, data in messages:
+            if kind == "execution_error":
+                raise ComfyUIError(describe_execution_error(job.where, job.prompt_id, data))
+        for kind, data in messages:
+            if kind == "execution_interrupted":
+                raise ComfyUIError(
+                    f"ComfyUI interrupted {job.where} (prompt {job.prompt_id}) at node {data.get('node_id')} "
+                    f"({data.get('node_type')}): someone cancelled it in ComfyUI or called /interrupt. "
+                    "Run the step again"
+                )
+        if status.get("status_str") == "error":
+            raise ComfyUIError(
+                f"ComfyUI reports {job.where} (prompt {job.prompt_id}) as failed without an error message. "
+                "Check the ComfyUI console"
+            )
+        image = first_output_file(entry.get("outputs") or {})
+        if image is None:
+            raise ComfyUIError(
+                f"ComfyUI finished {job.where} (prompt {job.prompt_id}) without an output image. The workflow "
+                f"template {self.template.name!r} must end in a SaveImage node"
+            )
+        png = self._download(image, job.where)
+        if not png.startswith(PNG_SIGNATURE):
+            raise ComfyUIError(
+                f"ComfyUI's output {image['filename']!r} for {job.where} is not a PNG. The workflow template "
+                f"{self.template.name!r} must save with SaveImage"
+            )
+        return GeneratedImage(png=png, params=self._params(job))
+
+    def _download(self, image: dict[str, Any], where: str) -> bytes:
+        params = {"filename": image["filename"], "subfolder": image.get("subfolder", ""), "type": image.get("type")}
+        response = self._call("GET", "/view", f"downloading {image['filename']} for {where}", params=params)
+        if response.status_code != 200:
+            raise ComfyUIError(
+                f"ComfyUI answered HTTP {response.status_code} to /view for {image['filename']!r} ({where}). "
+                "Was the output folder cleaned while the run was going?"
+            )
+        return response.content
+
+    def _params(self, job: _Job) -> dict[str, Any]:
+        request = job.request
+        return {
+            "prompt": request.prompt,
+            "negative_prompt": request.negative_prompt,
+            "seed": job.seed,
+            "steps": request.steps,
+            "cfg": request.cfg,
+            "sampler": request.sampler,
+            "scheduler": request.scheduler,
+            "width": request.width,
+            "height": request.height,
+            "loras": [{"name": lora.name, "strength": lora.strength} for lora in request.loras],
+            "checkpoint": self.checkpoint,
+            "engine": self.name,
+            "workflow": self.template.name,
+            "workflow_hash": self.template.hash,
+            "prompt_id": job.prompt_id,
+        }
+
+    def _cancel(self, in_flight: dict[str, _Job]) -> tuple[list[str], list[str]]:
+        """Delete our pending prompts, then interrupt ours only if it is the one running (by id, so a server
+        that honours the id never stops another client's work). Never raises: it runs while failing already."""
+        ids = list(in_flight)
+        in_flight.clear()
+        if not ids:
+            return [], []
+        quick = self.connect_timeout_s
+        try:
+            self._call("POST", "/queue", "cancelling our queued prompts", json_body={"delete": ids}, read_timeout=quick)
+            running = _queue_ids(self._json("GET", "/queue", "reading the queue", read_timeout=quick), "queue_running")
+            interrupted = [prompt_id for prompt_id in ids if prompt_id in running]
+            for prompt_id in interrupted:
+                body = {"prompt_id": prompt_id}
+                self._call("POST", "/interrupt", "interrupting our prompt", json_body=body, read_timeout=quick)
+        except ComfyUIError as exc:
+            log.warning("could not cancel ComfyUI prompts %s: %s", ids, exc)
+            return [], []
+        return [prompt_id for prompt_id in ids if prompt_id not in running], interrupted
+
+    # ----- HTTP ------------------------------------------------------------------------------------------------
+
+    def _node_info(self, class_type: str) -> dict[str, Any]:
+        info = self._json("GET", f"/object_info/{class_type}", f"reading /object_info/{class_type}").get(class_type)
+        if not isinstance(info, dict):
+            raise ComfyUIError(
+                f"ComfyUI at {self.url} has no {class_type} node. Is COMFYUI_URL pointing at ComfyUI, and is it a "
+                "standard build?"
+            )
+        return info
+
+    def history_entry(self, prompt_id: str) -> dict[str, Any] | None:
+        """The finished prompt's history entry, or None while it is queued, running or unknown."""
+        entry = self._json("GET", f"/history/{prompt_id}", f"reading /history/{prompt_id}").get(prompt_id)
+        return entry if isinstance(entry, dict) and entry else None
+
+    def queued_ids(self) -> set[str]:
+        payload = self._json("GET", "/queue", "reading the queue")
+        return _queue_ids(payload, "queue_running") | _queue_ids(payload, "queue_pending")
+
+    def _json(self, method: str, path: str, what: str, read_timeout: float | None = None) -> dict[str, Any]:
+        response = self._call(method, path, what, read_timeout=read_timeout)
+        if response.status_code != 200:
+            raise ComfyUIError(f"ComfyUI answered HTTP {response.status_code} to {what}: {_snippet(response)}")
+        return _json_body(response)
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        *,
+        json_body: Any = None,
+        params: dict[str, Any] | None = None,
+        read_timeout: float | None = None,
+    ) -> requests.Response:
+        """One bounded HTTP call; connection problems and timeouts become errors that say what to check."""
+        timeout = (self.connect_timeout_s, read_timeout or self.timeout_s)
+        try:
+            return self._http.request(method, self.url + path, json=json_body, params=params, timeout=timeout)
+        except requests.ConnectTimeout as exc:
+            raise ComfyUIError(self._unreachable(what, f"no answer within {self.connect_timeout_s:g} s")) from exc
+        except requests.ConnectionError as exc:
+            raise ComfyUIError(self._unreachable(what, _reason(exc))) from exc
+        except requests.Timeout as exc:
+            raise ComfyUIError(
+                f"ComfyUI at {self.url} did not finish answering {what} within {timeout[1]:g} s; it may be "
+                "overloaded or stuck. Check its console, or raise timeout_s"
+            ) from exc
+
+    def _unreachable(self, what: str, reason: str) -> str:
+        return (
+            f"cannot reach ComfyUI at {self.url} while {what} ({reason}). Check COMFYUI_URL and that ComfyUI is "
+            f"running and listening there: `curl {self.url}/system_stats` must answer (start ComfyUI with "
+            "--listen when it runs on another machine)"
+        )
+
+
+class _Watcher:
+    """Reports which of our prompts finished: from WebSocket frames while the socket is up, by polling
+    `/history` otherwise (and now and then anyway, in case a frame was lost)."""
+
+    def __init__(self, engine: ComfyUIEngine, client_id: str) -> None:
+        self._engine = engine
+        self._client_id = client_id
+        self._frames: queue.Queue[dict[str, Any] | Exception] = queue.Queue()
+        self._closing = threading.Event()
+        self._socket: websocket.WebSocket | None = None
+        self._reader: threading.Thread | None = None
+        self._live = False
+        self._due: set[str] = set()
+        self._next_poll = 0.0  # a socket that never connects means: poll from the start
+
+    def __enter__(self) -> _Watcher:
+        scheme, rest = self._engine.url.split("://", 1)
+        url = f"{'wss' if scheme == 'https' else 'ws'}://{rest}/ws?clientId={self._client_id}"
+        try:
+            self._socket = websocket.create_connection(url, timeout=self._engine.connect_timeout_s)
+        except (websocket.WebSocketException, OSError) as exc:
+            log.warning("ComfyUI WebSocket %s unavailable (%s); following progress by polling /history", url, exc)
+            return self
+        self._socket.settimeout(TICK_S)
+        self._live = True
+        self._next_poll = time.monotonic() + self._engine.poll_interval_s * SAFETY_POLL_FACTOR
+        self._reader = threading.Thread(target=self._read, args=(self._socket,), daemon=True, name="comfyui-ws")
+        self._reader.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Abort rather than close politely: the reader wakes at once instead of at its next recv timeout."""
+        self._closing.set()
+        if self._socket is not None:
+            self._socket.abort()
+        if self._reader is not None:
+            self._reader.join(timeout=2 * TICK_S + 1)
+        if self._socket is not None:
+            self._socket.shutdown()
+
+    def _read(self, sock: websocket.WebSocket) -> None:
+        """Reader thread: a recv timeout is only a chance to check for shutdown (ComfyUI can be silent for
+        minutes while it loads a model); any other failure ends the socket and switches to polling."""
+        while not self._closing.is_set():
+            try:
+                frame = sock.recv()
+            except websocket.WebSocketTimeoutException:
+                continue
+            except (websocket.WebSocketException, OSError) as exc:
+                self._frames.put(exc)
+                return
+            if isinstance(frame, str):  # binary frames are previews; not needed here
+                try:
+                    self._frames.put(json.loads(frame))
+                except json.JSONDecodeError:
+                    log.debug("ignoring a non-JSON ComfyUI frame")
+
+    def wait(self, in_flight: dict[str, _Job], timeout: float) -> list[tuple[str, dict[str, Any]]]:
+        """Wait up to `timeout` for news; returns (prompt_id, history entry) for prompts that finished."""
+        self._take_frames(in_flight, timeout)
+        now = time.monotonic()
+        if now >= self._next_poll:
+            self._due.update(in_flight)
+            factor = SAFETY_POLL_FACTOR if self._live else 1
+            self._next_poll = now + self._engine.poll_interval_s * factor
+        return self._poll(in_flight)
+
+    def _take_frames(self, in_flight: dict[str, _Job], timeout: float) -> None:
+        """Block for the first frame (it is also the loop's pause when polling), then drain the rest."""
+        block = True
+        while True:
+            try:
+                frame = self._frames.get(timeout=timeout) if block else self._frames.get_nowait()
+            except queue.Empty:
+                return
+            block = False
+            if isinstance(frame, Exception):
+                log.warning(
+                    "ComfyUI WebSocket dropped (%s); following progress by polling /history every %g s",
+                    frame,
+                    self._engine.poll_interval_s,
+                )
+                self._live = False
+                self._next_poll = 0.0  # frames may have been lost: look now
+                continue
+            self._handle(frame, in_flight)
+
+    def _handle(self, frame: Any, in_flight: dict[str, _Job]) -> None:
+        data = frame.get("data") if isinstance(frame, dict) and isinstance(frame.get("data"), dict) else {}
+        prompt_id = data.get("prompt_id")
+        if prompt_id not in in_flight:
+            return
+        kind = frame.get("type")
+        if kind == "executing" and data.get("node") is None:
+            self._due.add(prompt_id)  # the history entry is written before this frame is sent
+        elif kind in ("execution_error", "execution_interrupted"):
+            self._due.add(prompt_id)
+        elif kind == "progress":
+            log.debug("%s: step %s/%s", in_flight[prompt_id].where, data.get("value"), data.get("max"))
+
+    def _poll(self, in_flight: dict[str, _Job]) -> list[tuple[str, dict[str, Any]]]:
+        """Read history for due prompts; one that is neither in history nor queued is lost (restart, or
+        deleted by someone else) and would otherwise be waited for until the timeout."""
+        due = [prompt_id for prompt_id in self._due if prompt_id in in_flight]
+        self._due.clear()
+        finished: list[tuple[str, dict[str, Any]]] = []
+        unfinished = []
+        for prompt_id in due:
+            entry = self._engine.history_entry(prompt_id)
+            if entry is not None:
+                finished.append((prompt_id, entry))
+            else:
+                unfinished.append(prompt_id)
+        queued = self._engine.queued_ids() if unfinished else set()
+        for prompt_id in unfinished:
+            if prompt_id in queued:
+                continue
+            entry = self._engine.history_entry(prompt_id)  # it may have finished between the two reads
+            if entry is None:
+                raise ComfyUIError(
+                    f"ComfyUI no longer knows prompt {prompt_id} ({in_flight[prompt_id].where}): it is neither "
+                    "queued nor in its history. ComfyUI was probably restarted (history lives in memory) or the "
+                    "prompt was deleted from its queue. Run the step again"
+                )
+            finished.append((prompt_id, entry))
+        return finished
+
+
+# ----- helpers -------------------------------------------------------------------------------------------------
+
+
+def combo_options(node_info: dict[str, Any], class_type: str, input_name: str) -> list[str]:
+    """The option list of a COMBO input, in either `/object_info` shape: V1 `[[options], {...}]` or
+    V3 `["COMBO", {"options": [...]}]`."""
+    inputs = node_info.get("input") or {}
+    spec = {**(inputs.get("required") or {}), **(inputs.get("optional") or {})}.get(input_name)
+    if isinstance(spec, list) and spec:
+        if isinstance(spec[0], list):
+            return [str(option) for option in spec[0]]
+        if spec[0] == "COMBO" and len(spec) > 1 and isinstance(spec[1], dict):
+            return [str(option) for option in spec[1].get("options", [])]
+    raise ComfyUIError(
+        f"ComfyUI's /object_info/{class_type} has no option list for {input_name!r}; this ComfyUI version is not "
+        "supported"
+    )
+
+
+def describe_rejection(where: str, payload: dict[str, Any]) -> str:
+    """One message for a 400 (or a 200 with `node_errors`): which node class, which input, why, and the fix."""
+    error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
+    node_errors = payload.get("node_errors") if isinstance(payload.get("node_errors"), dict) else {}
+    problems = []
+    inputs = set()
+    for node_id, entry in node_errors.items():
+        for item in entry.get("errors", []):
+            input_name = (item.get("extra_info") or {}).get("input_name")
+            inputs.add(input_name)
+            problems.append(
+                f"node {node_id} ({entry.get('class_type')}) input {input_name!r}: "
+                f"{item.get('message')}: {item.get('details')}"
+            )
+    kind = error.get("type", "node_errors")
+    stated = ": ".join(str(error[key]) for key in ("message", "details") if error.get(key))
+    summary = "; ".join(problems) or stated or json.dumps(payload)[:300]
+    if "lora_name" in inputs:
+        fix = "the LoRA is not in ComfyUI's loras folder: deploy it with deploy_lora and check the shared folder path"
+    elif "ckpt_name" in inputs:
+        fix = "put the checkpoint in ComfyUI's models/checkpoints or configure one that ComfyUI lists"
+    elif kind in ("invalid_prompt", "missing_node_type"):
+        fix = (
+            "the workflow uses a node this ComfyUI does not have: install that custom node or use a core-node template"
+        )
+    else:
+        fix = "correct the named input in the request or the workflow template"
+    return f"ComfyUI rejected the workflow for {where} ({kind}): {summary}. Fix: {fix}"
+
+
+def describe_execution_error(where: str, prompt_id: str, data: dict[str, Any]) -> str:
+    exception_type = str(data.get("exception_type", "error"))
+    if "OutOfMemory" in exception_type:
+        fix = "lower width/height or use fewer LoRAs, or free the GPU (ComfyUI POST /free) and retry"
+    else:
+        fix = "see the traceback in the ComfyUI console; check that node's inputs and model files"
+    return (
+        f"ComfyUI failed on {where} (prompt {prompt_id}) in node {data.get('node_id')} ({data.get('node_type')}): "
+        f"{exception_type}: {str(data.get('exception_message', '')).strip()}. Fix: {fix}"
+    )
+
+
+def first_output_file(outputs: dict[str, Any]) -> dict[str, Any] | None:
+    """The first file any output node reported; every list-valued key is scanned, as the reference advises."""
+    for node_output in outputs.values():
+        for value in (node_output or {}).values():
+            for item in value if isinstance(value, list) else []:
+                if isinstance(item, dict) and item.get("filename"):
+                    return item
+    return None
+
+
+def _where(index: int) -> str:
+    """How errors name a request: 1-based, as a person counts the images of a plan."""
+    return f"generation request {index + 1}"
+
+
+def _queue_ids(payload: dict[str, Any], key: str) -> set[str]:
+    return {str(item[1]) for item in payload.get(key) or [] if isinstance(item, list) and len(item) > 1}
+
+
+def _json_body(response: requests.Response) -> dict[str, Any]:
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict):
+        raise ComfyUIError(
+            f"ComfyUI answered {response.url} with something that is not a JSON object "
+            f"({_snippet(response)!r}). Is COMFYUI_URL pointing at ComfyUI?"
+        )
+    return payload
+
+
+def _snippet(response: requests.Response) -> str:
+    """The start of a body, on one line, for error messages."""
+    return " ".join(response.text[:200].split())
+
+
+def _reason(exc: requests.ConnectionError) -> str:
+    text = str(exc)
+    return "connection refused" if "refused" in text.lower() else text[:200]
+
+
+def _lora_file_name(name: str, source: Path) -> str:
+    """The file name in ComfyUI's loras folder: `name`, plus the source's extension when it has none."""
+    file_name = name if name.endswith(LORA_EXTENSIONS) else f"{name}{source.suffix}"
+    if not LORA_NAME_RE.match(file_name) or ".." in file_name or not file_name.endswith(LORA_EXTENSIONS):
+        raise InputError(
+            f"LoRA name {name!r}",
+            "must be a plain file name (letters, digits, '.', '_', '-') ending in " + ", ".join(LORA_EXTENSIONS),
+            "use something like 'ava-v3.safetensors'",
+        )
+    return file_name
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _same_content(source: Path, target: Path) -> bool:
+    return target.is_file() and target.stat().st_size == source.stat().st_size and _sha256(target) == _sha256(source)
+
+
+def _atomic_copy(source: Path, target: Path) -> None:
+    """Copy to a hidden temporary name ComfyUI ignores (wrong extension), then rename: ComfyUI never lists,
+    and never loads, a half-written LoRA."""
+    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
+    try:
+        shutil.copyfile(source, temporary)
+        with temporary.open("rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""LoRA training: presets, and trainers (kohya sd-scripts, embedded diffusers + peft) behind one interface."""

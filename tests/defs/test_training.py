@@ -1,0 +1,162 @@
+"""The training group materialised for real: embedded engines, kohya (fake accelerate) + ComfyUI (stand-in)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from PIL import Image
+
+from influencer_pipeline.defs.resources import (
+    ImageEngineResource,
+    LocalMediaStoreResource,
+    TrainerResource,
+    resources_from_env,
+)
+from influencer_pipeline.defs.training import lora_samples, lora_weights
+from influencer_pipeline.media import LocalMediaStore
+from tests.defs.test_datasets import failure_text
+from tests.fakes import accelerate_command, fake_sd_scripts
+from tests.generation.comfy_standin import ComfyStandin
+from tests.images import make_photo
+
+FAST = {"epochs": 1, "repeats": 1, "batch_size": 2, "save_every_n_epochs": 1}
+
+
+@pytest.fixture
+def store(tmp_path) -> LocalMediaStore:
+    """A persona whose dataset is already curated and captioned (what the datasets group leaves behind)."""
+    store = LocalMediaStore(tmp_path / "media")
+    store.write_bytes("uploads/ava/persona.yaml", b"trigger_word: ohwx\nclass_word: woman\n")
+    for i in range(4):
+        path = tmp_path / f"{i}.png"
+        make_photo(i, size=(512, 512)).save(path)
+        store.write_bytes(f"personas/ava/dataset/{i:016x}.png", path.read_bytes())
+        store.write_bytes(f"personas/ava/dataset/{i:016x}.txt", f"ohwx woman, photo {i}\n".encode())
+    return store
+
+
+def materialize(store: LocalMediaStore, assets, tmp_path: Path, run_config=None, **resources):
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("personas", ["ava"])
+        return dg.materialize(
+            assets,
+            partition_key="ava",
+            instance=instance,
+            resources={"media": LocalMediaStoreResource(root=str(store.root)), **resources},
+            run_config=run_config,
+            raise_on_error=False,
+        )
+
+
+def meta(result, node: str) -> dict:
+    return {k: v.value for k, v in result.asset_materializations_for_node(node)[0].metadata.items()}
+
+
+def training_config(**overrides) -> dg.RunConfig:
+    return dg.RunConfig(ops={"lora_weights": {"config": {"preset": "embedded-tiny", **FAST, **overrides}}})
+
+
+def test_embedded_trainer_and_engine_end_to_end(store, tmp_path) -> None:
+    work = str(tmp_path / "work")
+    result = materialize(
+        store,
+        [lora_weights, lora_samples],
+        tmp_path,
+        run_config=dg.RunConfig(
+            ops={
+                "lora_weights": {"config": {"preset": "embedded-tiny", **FAST}},
+                "lora_samples": {"config": {"prompts": ["ohwx woman, portrait"], "steps": 2}},
+            }
+        ),
+        trainer=TrainerResource(work_dir=work),
+        image_engine=ImageEngineResource(work_dir=work),
+    )
+    assert result.success, failure_text(result)
+    weights = meta(result, "lora_weights")
+    assert weights["engine"] == "embedded" and weights["steps"] == 2 and weights["epochs"] == 1
+    assert weights["file_size_bytes"] > 0 and "data:image/png;base64," in weights["loss_curve"]
+    assert store.exists("personas/ava/lora/ava.safetensors")
+    assert store.exists("personas/ava/lora/loss_curve.png")
+    samples = meta(result, "lora_samples")
+    assert samples["samples"] == 1 and 0 < samples["consistency_score"] <= 1
+    params = json.loads(store.read_bytes("personas/ava/samples/00.json"))
+    assert params["engine"] == "embedded" and params["seed"] == 1234 and params["loras"]
+    assert Image.open(store.path("personas/ava/samples/grid.png")).size[0] > 0
+
+
+def test_kohya_trainer_and_comfyui_engine_end_to_end(store, tmp_path) -> None:
+    """The production engines, picked by resource config alone: kohya (fake accelerate) then ComfyUI (stand-in)."""
+    sd_scripts = fake_sd_scripts(tmp_path / "sd-scripts")
+    loras = tmp_path / "comfy" / "loras"
+    loras.mkdir(parents=True)
+    with ComfyStandin(output_dir=tmp_path / "comfy" / "output", loras_dir=loras, seconds_per_image=0.01) as comfy:
+        result = materialize(
+            store,
+            [lora_weights, lora_samples],
+            tmp_path,
+            run_config=dg.RunConfig(
+                ops={
+                    "lora_weights": {"config": {"preset": "sd15-standard", "epochs": 2, "base_model": str(tmp_path)}},
+                    "lora_samples": {"config": {"prompts": ["ohwx woman, cafe", "ohwx woman, beach"]}},
+                }
+            ),
+            trainer=TrainerResource(
+                kohya_sd_scripts=str(sd_scripts), accelerate=shlex.join(accelerate_command()), work_dir=str(tmp_path)
+            ),
+            image_engine=ImageEngineResource(
+                comfyui_url=comfy.url, comfyui_loras_dir=str(loras), work_dir=str(tmp_path)
+            ),
+        )
+        submitted = comfy.received("POST", "/prompt")
+    assert result.success, failure_text(result)
+    weights = meta(result, "lora_weights")
+    assert (weights["engine"], weights["epochs"], weights["checkpoints"]) == ("kohya", 2, 1)
+    assert store.exists("personas/ava/lora/checkpoints/ava-000001.safetensors")
+    samples = meta(result, "lora_samples")
+    assert samples["engine"] == "comfyui" and samples["samples"] == 2
+    deployed = [p.name for p in loras.iterdir()]
+    assert deployed == [samples["lora"]]
+    graphs = [json.dumps(r.body) for r in submitted]
+    assert len(graphs) == 2 and all(samples["lora"] in g for g in graphs)
+    assert json.loads(store.read_bytes("personas/ava/samples/01.json"))["engine"] == "comfyui"
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [({"epochs": 5000}, "'epochs': 5000 is out of range 1-1000"), ({"preset": "nope"}, "sd15-standard")],
+)
+def test_bad_preset_or_override_fails_before_any_work(store, tmp_path, override, expected) -> None:
+    result = materialize(
+        store,
+        [lora_weights],
+        tmp_path,
+        run_config=training_config(**override),
+        trainer=TrainerResource(work_dir=str(tmp_path / "w")),
+    )
+    assert not result.success
+    assert expected in failure_text(result)
+    assert not (tmp_path / "w").exists()
+    assert list(store.list("personas/ava/lora/")) == []
+
+
+def test_environment_switches_engines_with_no_code_change(monkeypatch, tmp_path) -> None:
+    assert resources_from_env()["trainer"].engine == "embedded"
+    assert resources_from_env()["image_engine"].engine == "embedded"
+    monkeypatch.setenv("KOHYA_SD_SCRIPTS", str(tmp_path))
+    monkeypatch.setenv("COMFYUI_URL", "http://127.0.0.1:8188")
+    resources = resources_from_env()
+    assert resources["trainer"].engine == "kohya" and resources["trainer"].default_preset == "sd15-standard"
+    assert resources["image_engine"].engine == "comfyui"
+
+
+def test_gpu_assets_are_pooled_tagged_and_retried() -> None:
+    for asset in (lora_weights, lora_samples):
+        spec = asset.specs_by_key[asset.key]
+        assert asset.op.pool == "gpu"
+        assert asset.op.tags["gpu"] == "1"
+        assert asset.op.retry_policy is not None and asset.op.retry_policy.max_retries >= 1
+        assert spec.group_name == "training"

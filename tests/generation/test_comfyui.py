@@ -1,0 +1,530 @@
+"""The ComfyUI engine against the protocol-faithful stand-in: results, seeds, LoRA deployment, a full queue,
+and every failure mode ending in a clear error or a successful retry, never a hang (all timeouts are short)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import json
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import websocket
+from PIL import Image
+
+from influencer_pipeline.errors import InputError
+from influencer_pipeline.generation.base import GenerationRequest, LoraRef
+from influencer_pipeline.generation.comfyui import ComfyUIEngine, ComfyUIError, combo_options, describe_rejection
+from influencer_pipeline.generation.workflows import build_txt2img, load_template
+from tests.generation.comfy_standin import ComfyStandin, Run
+
+SD15 = "v1-5-pruned-emaonly.safetensors"
+FOREIGN = "someone-else"
+
+
+@pytest.fixture
+def standin(tmp_path: Path) -> Iterator[ComfyStandin]:
+    (tmp_path / "loras").mkdir()
+    with ComfyStandin(output_dir=tmp_path / "output", loras_dir=tmp_path / "loras", seconds_per_image=0.02) as server:
+        yield server
+
+
+def make_engine(standin: ComfyStandin, **overrides: Any) -> ComfyUIEngine:
+    settings: dict[str, Any] = {
+        "timeout_s": 3,
+        "connect_timeout_s": 1,
+        "poll_interval_s": 0.05,
+        "deploy_timeout_s": 0.5,
+        "retry_backoff_s": 0.01,
+        **overrides,
+    }
+    return ComfyUIEngine(standin.url, standin.loras_dir, SD15, **settings)
+
+
+def prompts(count: int, **fields: Any) -> list[GenerationRequest]:
+    return [GenerationRequest(prompt=f"ohwx woman, scene {i}", **fields) for i in range(count)]
+
+
+def our_runs(standin: ComfyStandin) -> list[Run]:
+    return [run for run in standin.runs.values() if run.client_id != FOREIGN]
+
+
+def submit_foreign(standin: ComfyStandin) -> str:
+    """Another client's prompt, queued straight over HTTP as a second user of the same ComfyUI would."""
+    body = {"prompt": sd15_graph(steps=20), "client_id": FOREIGN}
+    response = requests.post(f"{standin.url}/prompt", json=body, timeout=5)
+    response.raise_for_status()
+    return response.json()["prompt_id"]
+
+
+def sd15_graph(steps: int) -> dict[str, Any]:
+    request = GenerationRequest(prompt="raw", steps=steps)
+    return build_txt2img(load_template("sd15-lora-txt2img"), request, seed=random.randrange(2**32), checkpoint=SD15)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def colour_of(png: bytes) -> tuple[int, int, int]:
+    return Image.open(io.BytesIO(png)).convert("RGB").getpixel((0, 0))
+
+
+# ----- the happy path --------------------------------------------------------------------------------------------
+
+
+def test_images_come_back_in_request_order_with_their_parameters(standin: ComfyStandin) -> None:
+    requests_ = [
+        GenerationRequest(prompt="first", seed=11, width=320, height=256),
+        GenerationRequest(
+            prompt="second", negative_prompt="blurry", steps=12, cfg=5.5, sampler="dpmpp_2m", scheduler="karras"
+        ),
+        GenerationRequest(prompt="third", seed=33),
+    ]
+    engine = make_engine(standin)
+    images = engine.generate(requests_)
+
+    assert [image.params["prompt"] for image in images] == ["first", "second", "third"]
+    assert images[0].params["seed"] == 11 and images[2].params["seed"] == 33
+    assert 0 <= images[1].params["seed"] < 2**53, "a random seed is drawn and recorded"
+    for image in images:
+        assert image.png.startswith(b"\x89PNG")
+        run = standin.runs[image.params["prompt_id"]]
+        assert run.graph["3"]["inputs"]["seed"] == image.params["seed"], "the recorded seed is the one used"
+        assert colour_of(image.png) == tuple(random.Random(image.params["seed"]).randrange(256) for _ in range(3))
+    assert Image.open(io.BytesIO(images[0].png)).size == (320, 256)
+    second = images[1].params
+    assert {k: second[k] for k in ("negative_prompt", "steps", "cfg", "sampler", "scheduler")} == {
+        "negative_prompt": "blurry",
+        "steps": 12,
+        "cfg": 5.5,
+        "sampler": "dpmpp_2m",
+        "scheduler": "karras",
+    }
+    assert second["engine"] == "comfyui" and second["workflow"] == "sd15-lora-txt2img"
+    assert second["workflow_hash"] == engine.template.hash and second["loras"] == []
+
+
+def test_every_prompt_carries_our_client_id_and_a_uuid_prompt_id(standin: ComfyStandin) -> None:
+    make_engine(standin).generate(prompts(3))
+    submitted = standin.received("POST", "/prompt")
+    client_ids = {r.body["client_id"] for r in submitted}
+    assert len(client_ids) == 1
+    assert all(str(uuid.UUID(r.body["prompt_id"])) == r.body["prompt_id"] for r in submitted)
+    assert standin.received("GET", "/view"), "images are downloaded through /view"
+
+
+def test_random_seeds_differ_between_images(standin: ComfyStandin) -> None:
+    images = make_engine(standin).generate(prompts(4))
+    assert len({image.params["seed"] for image in images}) == 4
+
+
+def test_the_queue_stays_full(standin: ComfyStandin) -> None:
+    standin.seconds_per_image = 0.04
+    make_engine(standin, max_in_flight=3).generate(prompts(8))
+    runs = sorted(our_runs(standin), key=lambda run: run.started_at or 0)
+    assert [run.status for run in runs] == ["success"] * 8
+    for previous, following in itertools.pairwise(runs):
+        assert following.submitted_at < previous.finished_at, "the next prompt was queued before the last finished"
+        assert following.started_at - previous.finished_at < 0.01, "the worker never waited for us"
+    for run in runs:
+        queued = [r for r in runs if r.submitted_at <= run.submitted_at < r.finished_at]
+        assert len(queued) <= 3, "never more than max_in_flight of ours in ComfyUI's queue"
+
+
+def test_progress_is_reported_per_image(standin: ComfyStandin) -> None:
+    seen: list[tuple[int, int]] = []
+    make_engine(standin).generate(prompts(3), progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_nothing_to_do_touches_no_server(standin: ComfyStandin) -> None:
+    assert make_engine(standin).generate([]) == []
+    assert standin.requests == []
+
+
+def test_identical_prompts_are_served_from_comfyuis_cache(standin: ComfyStandin) -> None:
+    """Pitfall 1 of the reference: a resubmitted identical graph runs nothing and points at the old file."""
+    first, second = make_engine(standin).generate(prompts(1, seed=5) * 2)
+    assert first.png == second.png
+    assert [run.status for run in our_runs(standin)] == ["success", "success"]
+
+
+# ----- LoRA deployment -------------------------------------------------------------------------------------------
+
+
+def test_deploy_copies_the_lora_and_waits_until_comfyui_lists_it(standin: ComfyStandin, tmp_path: Path) -> None:
+    trained = tmp_path / "trained" / "pytorch_lora_weights.safetensors"
+    trained.parent.mkdir()
+    trained.write_bytes(b"lora weights v1")
+    engine = make_engine(standin)
+
+    name = engine.deploy_lora(trained, "ava-v1")
+    assert name == "ava-v1.safetensors"
+    assert (standin.loras_dir / name).read_bytes() == b"lora weights v1"
+    assert name in combo_options(standin.object_info()["LoraLoader"], "LoraLoader", "lora_name")
+    assert [p.name for p in standin.loras_dir.iterdir()] == [name], "no temporary file is left behind"
+
+    images = engine.generate([GenerationRequest(prompt="ohwx", loras=(LoraRef(name, 0.7),))])
+    assert images[0].params["loras"] == [{"name": name, "strength": 0.7}]
+    graph = standin.runs[images[0].params["prompt_id"]].graph
+    assert [n["inputs"]["lora_name"] for n in graph.values() if n["class_type"] == "LoraLoader"] == [name]
+
+
+def test_deploy_skips_identical_content_and_replaces_changed_content(standin: ComfyStandin, tmp_path: Path) -> None:
+    trained = tmp_path / "ava.safetensors"
+    trained.write_bytes(b"v1")
+    engine = make_engine(standin)
+    engine.deploy_lora(trained, "ava.safetensors")
+    deployed = standin.loras_dir / "ava.safetensors"
+    first_inode = deployed.stat().st_ino
+
+    engine.deploy_lora(trained, "ava.safetensors")
+    assert deployed.stat().st_ino == first_inode, "identical content is not copied again"
+
+    trained.write_bytes(b"v2")
+    engine.deploy_lora(trained, "ava.safetensors")
+    assert deployed.read_bytes() == b"v2"
+    assert [p.name for p in standin.loras_dir.iterdir()] == ["ava.safetensors"]
+
+
+def test_deploy_to_a_folder_comfyui_does_not_read_times_out_clearly(standin: ComfyStandin, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "not-shared"
+    elsewhere.mkdir()
+    trained = tmp_path / "ava.safetensors"
+    trained.write_bytes(b"weights")
+    engine = ComfyUIEngine(standin.url, elsewhere, SD15, poll_interval_s=0.05, deploy_timeout_s=0.3)
+    started = time.monotonic()
+    with pytest.raises(ComfyUIError, match=r"does not list the LoRA 'ava\.safetensors'.*shared folder path"):
+        engine.deploy_lora(trained, "ava")
+    assert time.monotonic() - started < 2
+
+
+def test_deploy_needs_a_shared_folder_and_a_plain_name(standin: ComfyStandin, tmp_path: Path) -> None:
+    trained = tmp_path / "ava.safetensors"
+    trained.write_bytes(b"weights")
+    with pytest.raises(ComfyUIError, match="no shared loras folder"):
+        ComfyUIEngine(standin.url, None, SD15).deploy_lora(trained, "ava")
+    with pytest.raises(ComfyUIError, match="does not exist here"):
+        ComfyUIEngine(standin.url, tmp_path / "missing", SD15).deploy_lora(trained, "ava")
+    with pytest.raises(InputError, match="plain file name"):
+        make_engine(standin).deploy_lora(trained, "../models/checkpoints/ava")
+    with pytest.raises(InputError, match="does not exist"):
+        make_engine(standin).deploy_lora(tmp_path / "nope.safetensors", "ava")
+
+
+# ----- rejected before anything is queued ------------------------------------------------------------------------
+
+
+def test_an_unlisted_lora_fails_before_submission(standin: ComfyStandin) -> None:
+    request = GenerationRequest(prompt="x", loras=(LoraRef("ghost.safetensors"),))
+    with pytest.raises(InputError, match=r"generation request 2: loras\[0\]\.name.*deploy it first"):
+        make_engine(standin).generate([GenerationRequest(prompt="ok"), request])
+    assert standin.received("POST", "/prompt") == []
+
+
+def test_samplers_and_checkpoints_are_checked_against_object_info(standin: ComfyStandin) -> None:
+    with pytest.raises(InputError, match="sampler: 'euler_fast' is not one of ComfyUI's samplers"):
+        make_engine(standin).generate([GenerationRequest(prompt="x", sampler="euler_fast")])
+    engine = ComfyUIEngine(standin.url, None, "missing.safetensors", timeout_s=2, connect_timeout_s=1)
+    with pytest.raises(InputError, match=r"checkpoint: 'missing\.safetensors' is not one of ComfyUI's checkpoints"):
+        engine.generate(prompts(1))
+    assert standin.received("POST", "/prompt") == []
+    assert standin.received("GET", "/object_info/KSampler"), "lists come from the per-class object_info"
+
+
+def test_invalid_url_is_an_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="COMFYUI_URL"):
+        ComfyUIEngine("localhost:8188", tmp_path, SD15)
+
+
+# ----- ComfyUI rejects or fails ----------------------------------------------------------------------------------
+
+
+def write_template(tmp_path: Path, name: str, edit: Callable[[dict], None]) -> Path:
+    graph = json.loads(json.dumps(load_template("sd15-lora-txt2img").graph))
+    edit(graph)
+    folder = tmp_path / "templates"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(graph))
+    return folder
+
+
+def test_a_400_names_the_node_class_and_input(standin: ComfyStandin, tmp_path: Path) -> None:
+    folder = write_template(tmp_path, "no-vae", lambda graph: graph["8"]["inputs"].pop("vae"))
+    engine = make_engine(standin, template="no-vae", templates_dir=folder)
+    with pytest.raises(ComfyUIError) as caught:
+        engine.generate(prompts(1))
+    message = str(caught.value)
+    assert "prompt_outputs_failed_validation" in message
+    assert "node 8 (VAEDecode) input 'vae': Required input is missing" in message
+
+
+def test_an_unknown_node_class_says_to_install_it(standin: ComfyStandin, tmp_path: Path) -> None:
+    folder = write_template(tmp_path, "custom", lambda graph: graph["8"].update(class_type="FancyVAEDecode"))
+    with pytest.raises(ComfyUIError, match=r"FancyVAEDecode does not exist.*install that custom node"):
+        make_engine(standin, template="custom", templates_dir=folder).generate(prompts(1))
+
+
+def test_partially_valid_prompts_are_failures_and_get_cancelled(standin: ComfyStandin, tmp_path: Path) -> None:
+    """Pitfall 6: a 200 with node_errors means ComfyUI queued the valid outputs only."""
+    standin.seconds_per_image = 0.5
+    folder = write_template(
+        tmp_path,
+        "half",
+        lambda graph: graph.update({"20": {"class_type": "SaveImage", "inputs": {"images": ["8", 0]}}}),
+    )
+    with pytest.raises(ComfyUIError, match=r"node 20 \(SaveImage\) input 'filename_prefix'"):
+        make_engine(standin, template="half", templates_dir=folder).generate(prompts(1))
+    wait_for(lambda: standin.queue_remaining() == 0)
+    assert [run.status for run in our_runs(standin)] in (["deleted"], ["interrupted"])
+
+
+def test_reference_shaped_rejections_get_a_fix() -> None:
+    payload = {
+        "error": {
+            "type": "prompt_outputs_failed_validation",
+            "message": "Prompt outputs failed validation",
+            "details": "",
+            "extra_info": {},
+        },
+        "node_errors": {
+            "4": {
+                "errors": [
+                    {
+                        "type": "value_not_in_list",
+                        "message": "Value not in list",
+                        "details": "ckpt_name: 'x.safetensors' not in (list of length 37)",
+                        "extra_info": {
+                            "input_name": "ckpt_name",
+                            "input_config": None,
+                            "received_value": "x.safetensors",
+                        },
+                    }
+                ],
+                "dependent_outputs": ["9"],
+                "class_type": "CheckpointLoaderSimple",
+            }
+        },
+    }
+    message = describe_rejection("generation request 1", payload)
+    assert "node 4 (CheckpointLoaderSimple) input 'ckpt_name'" in message
+    assert "models/checkpoints" in message
+    lora = json.loads(json.dumps(payload).replace("ckpt_name", "lora_name"))
+    assert "deploy it with deploy_lora" in describe_rejection("generation request 1", lora)
+
+
+def test_an_execution_error_names_the_node_and_cancels_the_rest(standin: ComfyStandin) -> None:
+    standin.seconds_per_image = 0.1
+    standin.fail_execution("VAEDecode", "CUDA error: an illegal memory access was encountered")
+    with pytest.raises(ComfyUIError) as caught:
+        make_engine(standin).generate(prompts(4))
+    message = str(caught.value)
+    assert "generation request 1" in message and "(VAEDecode)" in message
+    assert "RuntimeError: CUDA error: an illegal memory access was encountered" in message
+    wait_for(lambda: standin.queue_remaining() == 0)
+    statuses = [run.status for run in our_runs(standin)]
+    assert statuses[0] == "error" and set(statuses[1:]) <= {"deleted", "interrupted"}
+
+
+def test_out_of_memory_suggests_a_smaller_image(standin: ComfyStandin) -> None:
+    standin.fail_execution("KSampler", "Allocation on device", exception_type="torch.OutOfMemoryError")
+    with pytest.raises(ComfyUIError, match=r"torch\.OutOfMemoryError.*lower width/height"):
+        make_engine(standin).generate(prompts(1))
+
+
+def test_an_interrupt_from_elsewhere_is_reported(standin: ComfyStandin) -> None:
+    standin.seconds_per_image = 0.3
+
+    def someone_presses_cancel() -> bool:
+        if any(run.status == "running" for run in our_runs(standin)):
+            requests.post(f"{standin.url}/interrupt", timeout=2)
+        return False
+
+    with pytest.raises(ComfyUIError, match=r"interrupted generation request 1.*cancelled it in ComfyUI"):
+        make_engine(standin).generate(prompts(1), should_stop=someone_presses_cancel)
+
+
+# ----- transport failures ----------------------------------------------------------------------------------------
+
+
+def test_5xx_on_submit_is_retried_with_backoff(standin: ComfyStandin) -> None:
+    standin.fail_submits(2)
+    images = make_engine(standin).generate(prompts(2))
+    assert len(images) == 2
+    assert len(standin.received("POST", "/prompt")) == 4
+
+
+def test_persistent_5xx_gives_up_with_a_clear_error(standin: ComfyStandin) -> None:
+    standin.fail_submits(10, status=502)
+    with pytest.raises(ComfyUIError, match=r"HTTP 502 on all 3 attempts.*ComfyUI console"):
+        make_engine(standin, submit_retries=2).generate(prompts(1))
+
+
+def test_an_unreachable_server_says_what_to_check(standin: ComfyStandin) -> None:
+    standin.refuse_connections()
+    started = time.monotonic()
+    with pytest.raises(ComfyUIError) as caught:
+        make_engine(standin).generate(prompts(1))
+    assert "COMFYUI_URL" in str(caught.value) and standin.url in str(caught.value)
+    assert "connection refused" in str(caught.value)
+    assert time.monotonic() - started < 2
+
+
+def test_without_a_websocket_history_polling_takes_over(standin: ComfyStandin) -> None:
+    standin.websocket_enabled = False
+    images = make_engine(standin).generate(prompts(3))
+    assert len(images) == 3
+    assert standin.received("GET", "/ws"), "the socket was tried"
+    assert len([r for r in standin.requests if r.path.startswith("/history/")]) >= 3
+
+
+def test_a_dropped_websocket_falls_back_to_polling(standin: ComfyStandin, caplog: pytest.LogCaptureFixture) -> None:
+    standin.drop_websockets_after(progress_frames=30)  # mid-way through the second image (25 steps each)
+    started = time.monotonic()
+    images = make_engine(standin).generate(prompts(4))
+    assert [image.params["prompt"] for image in images] == [f"ohwx woman, scene {i}" for i in range(4)]
+    assert "WebSocket dropped" in caplog.text
+    assert time.monotonic() - started < 0.45, "polling took over at once, not at the safety-net poll"
+
+
+def test_a_prompt_that_never_finishes_times_out_and_is_cancelled(standin: ComfyStandin) -> None:
+    standin.hang = True
+    started = time.monotonic()
+    with pytest.raises(ComfyUIError, match=r"no image finished within 0\.4 s.*cancelled 1 queued and 1 running"):
+        make_engine(standin, timeout_s=0.4).generate(prompts(2))
+    assert time.monotonic() - started < 2
+    ours = {run.prompt_id for run in our_runs(standin)}
+    assert set(standin.received("POST", "/queue")[-1].body["delete"]) == ours
+    assert [r.body for r in standin.received("POST", "/interrupt")] == [
+        {"prompt_id": run.prompt_id} for run in our_runs(standin)[:1]
+    ]
+    wait_for(lambda: standin.queue_remaining() == 0)
+
+
+def test_a_slow_download_times_out(standin: ComfyStandin) -> None:
+    standin.view_delay_s = 2
+    started = time.monotonic()
+    with pytest.raises(ComfyUIError, match=r"did not finish answering downloading .* within 0\.3 s"):
+        make_engine(standin, timeout_s=0.3).generate(prompts(1))
+    assert time.monotonic() - started < 1.5
+
+
+def test_a_prompt_comfyui_forgot_is_an_error_not_a_wait(standin: ComfyStandin) -> None:
+    standin.seconds_per_image = 1.0
+    submit_foreign(standin)
+
+    def someone_clears_the_queue() -> bool:
+        if len(our_runs(standin)) == 2 and all(run.status == "pending" for run in our_runs(standin)):
+            requests.post(f"{standin.url}/queue", json={"clear": True}, timeout=2)
+        return False
+
+    started = time.monotonic()
+    with pytest.raises(ComfyUIError, match=r"no longer knows prompt .*neither queued nor in its history"):
+        make_engine(standin, max_in_flight=2).generate(prompts(2), should_stop=someone_clears_the_queue)
+    assert time.monotonic() - started < 1.5
+
+
+# ----- cancellation ----------------------------------------------------------------------------------------------
+
+
+def test_stopping_deletes_only_our_pending_prompts(standin: ComfyStandin) -> None:
+    standin.seconds_per_image = 0.2
+    theirs = [submit_foreign(standin) for _ in range(2)]
+    with pytest.raises(ComfyUIError, match=r"stopped because the run was terminated.*removed 3 .*interrupted 0"):
+        make_engine(standin, max_in_flight=3).generate(prompts(5), should_stop=lambda: len(our_runs(standin)) >= 3)
+    ours = {run.prompt_id for run in our_runs(standin)}
+    assert [set(r.body["delete"]) for r in standin.received("POST", "/queue")] == [ours]
+    assert standin.received("POST", "/interrupt") == [], "nothing of ours was running"
+    wait_for(lambda: all(standin.runs[p].status == "success" for p in theirs))
+    assert all(run.status == "deleted" for run in our_runs(standin))
+
+
+def test_stopping_interrupts_our_running_prompt_by_id(standin: ComfyStandin) -> None:
+    standin.seconds_per_image = 0.3
+    theirs: list[str] = []
+
+    def stop_when_ours_runs() -> bool:
+        """Another client queues work behind ours just before the run is terminated."""
+        if any(run.status == "running" for run in our_runs(standin)):
+            theirs.append(submit_foreign(standin))
+            return True
+        return False
+
+    with pytest.raises(ComfyUIError, match=r"removed 1 .*interrupted 1"):
+        make_engine(standin, max_in_flight=2).generate(prompts(3), should_stop=stop_when_ours_runs)
+    running, pending = our_runs(standin)
+    assert [r.body for r in standin.received("POST", "/interrupt")] == [{"prompt_id": running.prompt_id}]
+    assert set(standin.received("POST", "/queue")[0].body["delete"]) == {running.prompt_id, pending.prompt_id}
+    wait_for(lambda: standin.runs[theirs[0]].status == "success")
+    assert (running.status, pending.status) == ("interrupted", "deleted")
+
+
+# ----- the stand-in itself ----------------------------------------------------------------------------------------
+
+
+def test_the_stand_in_speaks_comfyuis_websocket_protocol(standin: ComfyStandin) -> None:
+    """Guards the guard: frame order and routing as in reference A4, history written before `executing: null`."""
+    sock = websocket.create_connection(f"ws://127.0.0.1:{standin.port}/ws?clientId=me", timeout=2)
+    hello = json.loads(sock.recv())
+    assert hello == {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": "me"}}
+    ours = requests.post(f"{standin.url}/prompt", json={"prompt": sd15_graph(steps=2), "client_id": "me"}, timeout=2)
+    prompt_id = ours.json()["prompt_id"]
+    kinds = []
+    while True:
+        frame = json.loads(sock.recv())
+        kinds.append(frame["type"])
+        if frame["type"] == "executing" and frame["data"]["node"] is None:
+            assert frame["data"]["prompt_id"] == prompt_id
+            history = requests.get(f"{standin.url}/history/{prompt_id}", timeout=2).json()
+            assert history[prompt_id]["status"]["status_str"] == "success"
+            break
+    sock.close()
+    assert kinds[:3] == ["status", "execution_start", "execution_cached"]
+    assert kinds.count("progress") == 2 and "executed" in kinds
+    assert kinds.index("execution_success") < len(kinds) - 1, "success comes before the final executing frame"
+
+
+def test_the_stand_in_routes_events_to_the_submitting_client_only(standin: ComfyStandin) -> None:
+    sock = websocket.create_connection(f"ws://127.0.0.1:{standin.port}/ws?clientId=watcher", timeout=2)
+    sock.recv()
+    requests.post(f"{standin.url}/prompt", json={"prompt": sd15_graph(steps=2), "client_id": "other"}, timeout=2)
+    requests.post(f"{standin.url}/prompt", json={"prompt": sd15_graph(steps=3)}, timeout=2)
+    wait_for(lambda: standin.queue_remaining() == 0)
+    sock.settimeout(0.2)
+    kinds = []
+    with contextlib.suppress(websocket.WebSocketTimeoutException):
+        while True:
+            kinds.append(json.loads(sock.recv())["type"])
+    sock.close()
+    assert set(kinds) == {"status", "progress"}, "only broadcasts: status, and progress of a prompt without client_id"
+    assert kinds.count("progress") == 3
+
+
+def test_the_stand_in_guards_view_paths(standin: ComfyStandin) -> None:
+    view = f"{standin.url}/view"
+    assert requests.get(view, params={"filename": "../secret.png"}, timeout=2).status_code == 400
+    assert requests.get(view, params={"filename": "a.png", "subfolder": "../../etc"}, timeout=2).status_code == 403
+    assert requests.get(view, params={"filename": "missing.png"}, timeout=2).status_code == 404
+
+
+# ----- helpers ---------------------------------------------------------------------------------------------------
+
+
+def test_combo_options_reads_both_object_info_shapes() -> None:
+    v1 = {"input": {"required": {"lora_name": [["a.safetensors", "sub/b.safetensors"], {"tooltip": "…"}]}}}
+    v3 = {"input": {"required": {"lora_name": ["COMBO", {"options": ["a.safetensors"]}]}}}
+    assert combo_options(v1, "LoraLoader", "lora_name") == ["a.safetensors", "sub/b.safetensors"]
+    assert combo_options(v3, "LoraLoader", "lora_name") == ["a.safetensors"]
+    with pytest.raises(ComfyUIError, match="no option list"):
+        combo_options({"input": {"required": {}}}, "LoraLoader", "lora_name")

@@ -1,0 +1,1 @@
+"""Tests for LoRA presets and trainers."""
