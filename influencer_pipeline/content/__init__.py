@@ -1,0 +1,1 @@
+"""The content calendar: plans of posts, the writers that produce them, and the reels rendered from them."""
