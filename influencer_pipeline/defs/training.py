@@ -12,9 +12,11 @@ from PIL import Image
 from pydantic import Field
 
 from influencer_pipeline.defs.datasets import image_captions
+from influencer_pipeline.defs.errors import user_errors_are_final
 from influencer_pipeline.defs.metadata import image_preview, table
 from influencer_pipeline.defs.partitions import personas
 from influencer_pipeline.defs.resources import ImageEngineResource, MediaStoreResource, TrainerResource
+from influencer_pipeline.errors import InputError
 from influencer_pipeline.generation.base import GenerationRequest, LoraRef
 from influencer_pipeline.generation.consistency import consistency_score
 from influencer_pipeline.generation.grid import render_grid
@@ -108,6 +110,13 @@ def lora_weights(
     A retry after a crash resumes from the last saved state: the working folder is named after the preset and
     the dataset, so an identical attempt finds it again.
     """
+    with user_errors_are_final():
+        return train_lora(context, config, media, trainer)
+
+
+def train_lora(
+    context: dg.AssetExecutionContext, config: LoraTrainingConfig, media: MediaStoreResource, trainer: TrainerResource
+) -> dg.MaterializeResult:
     slug = context.partition_key
     store = media.get_store()
     persona = load_persona(store, slug)
@@ -176,7 +185,7 @@ def sample_prompts(config: LoraSamplesConfig, persona: Persona) -> list[str]:
         f"{persona.trigger} {persona.class_word}, full body, city street",
     ]
     if not 1 <= len(prompts) <= 10:
-        raise dg.Failure(f"lora_samples: {len(prompts)} prompts given; give 1 to 10 (config `prompts`).")
+        raise InputError("lora_samples config: prompts", f"{len(prompts)} prompts given; 1 to 10 allowed", "give 1-10")
     return prompts
 
 
@@ -197,6 +206,16 @@ def lora_samples(
     image_engine: ImageEngineResource,
 ) -> dg.MaterializeResult:
     """A validation grid of test prompts rendered with the new LoRA, and how close the renders are to the dataset."""
+    with user_errors_are_final():
+        return render_samples(context, config, media, image_engine)
+
+
+def render_samples(
+    context: dg.AssetExecutionContext,
+    config: LoraSamplesConfig,
+    media: MediaStoreResource,
+    image_engine: ImageEngineResource,
+) -> dg.MaterializeResult:
     slug = context.partition_key
     store = media.get_store()
     persona = load_persona(store, slug)

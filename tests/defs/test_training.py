@@ -139,6 +139,7 @@ def test_bad_preset_or_override_fails_before_any_work(store, tmp_path, override,
     )
     assert not result.success
     assert expected in failure_text(result)
+    assert not any(e.event_type_value == "STEP_UP_FOR_RETRY" for e in result.all_events), "bad input is never retried"
     assert not (tmp_path / "w").exists()
     assert list(store.list("personas/ava/lora/")) == []
 
