@@ -1,0 +1,1 @@
+"""Publishing: per-platform publishers, the post ledger that makes publishing exactly-once, and account tokens."""
