@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import dagster as dg
 
-from influencer_pipeline.defs import datasets, sensors, training
+from influencer_pipeline.defs import content, datasets, schedules, sensors, training
 from influencer_pipeline.defs.resources import resources_from_env
 
 
 def build_definitions() -> dg.Definitions:
     return dg.Definitions(
-        assets=[datasets.training_images, datasets.image_captions, training.lora_weights, training.lora_samples],
-        jobs=[datasets.persona_dataset_job, training.persona_training_job],
+        assets=[
+            datasets.training_images,
+            datasets.image_captions,
+            training.lora_weights,
+            training.lora_samples,
+            content.content_plan,
+            content.post_images,
+        ],
+        jobs=[datasets.persona_dataset_job, training.persona_training_job, schedules.daily_content_job],
+        schedules=[schedules.content_calendar],
         sensors=[
             sensors.upload_sensor,
             dg.AutomationConditionSensorDefinition(

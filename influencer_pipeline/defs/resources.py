@@ -14,6 +14,7 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from influencer_pipeline.captions import BlipCaptioner, Captioner
+from influencer_pipeline.content.writers import TemplateWriter, Writer
 from influencer_pipeline.generation.base import ImageEngine
 from influencer_pipeline.generation.consistency import ClipEmbedder, ColorLayoutEmbedder, Embedder
 from influencer_pipeline.media import LocalMediaStore, MediaStore, S3MediaStore
@@ -134,6 +135,35 @@ class ImageEngineResource(dg.ConfigurableResource):
         return ClipEmbedder(self.consistency_clip_model) if self.consistency_clip_model else ColorLayoutEmbedder()
 
 
+class WriterResource(dg.ConfigurableResource):
+    """Plan writer: an OpenAI-compatible chat API (OpenRouter by default) when a key or URL is set, else templates."""
+
+    api_key: str = ""  # from dg.EnvVar("OPENROUTER_API_KEY"): read at run time, never stored or logged
+    base_url: str = ""
+    model: str = "openai/gpt-4o-mini"
+    timeout_s: float = 60.0
+    max_retries: int = 4
+    backoff_s: float = 1.0
+
+    @property
+    def engine(self) -> str:
+        return "openai-chat" if (self.api_key or self.base_url) else "template"
+
+    def get_writer(self) -> Writer:
+        if self.engine == "template":
+            return TemplateWriter()
+        from influencer_pipeline.content.openai_chat import OPENROUTER_URL, OpenAIChatWriter
+
+        return OpenAIChatWriter(
+            base_url=self.base_url or OPENROUTER_URL,
+            api_key=self.api_key or None,
+            model=self.model,
+            timeout_s=self.timeout_s,
+            max_retries=self.max_retries,
+            backoff_s=self.backoff_s,
+        )
+
+
 class UploadPolicy(dg.ConfigurableResource):
     """When the upload sensor treats a persona folder as ready to use."""
 
@@ -184,5 +214,10 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
             device=env("IMAGE_DEVICE", "auto"),
             work_dir=work_dir,
             consistency_clip_model=env("CONSISTENCY_CLIP_MODEL", ""),
+        ),
+        "writer": WriterResource(
+            api_key=_optional_env("OPENROUTER_API_KEY") or "",
+            base_url=env("WRITER_BASE_URL", ""),
+            model=env("WRITER_MODEL", "openai/gpt-4o-mini"),
         ),
     }

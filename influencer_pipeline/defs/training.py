@@ -17,10 +17,11 @@ from influencer_pipeline.defs.metadata import image_preview, table
 from influencer_pipeline.defs.partitions import personas
 from influencer_pipeline.defs.resources import ImageEngineResource, MediaStoreResource, TrainerResource
 from influencer_pipeline.errors import InputError
-from influencer_pipeline.generation.base import GenerationRequest, LoraRef
+from influencer_pipeline.generation.base import GenerationRequest, ImageEngine, LoraRef
 from influencer_pipeline.generation.consistency import consistency_score
 from influencer_pipeline.generation.grid import render_grid
 from influencer_pipeline.media.keys import dataset_prefix, lora_manifest_key, lora_prefix, samples_prefix
+from influencer_pipeline.media.store import MediaStore
 from influencer_pipeline.media.transfer import download_prefix, fingerprint_files
 from influencer_pipeline.personas import Persona, load_persona
 from influencer_pipeline.training.base import TrainingProgress, TrainingRequest
@@ -179,6 +180,15 @@ def train_lora(
     return dg.MaterializeResult(metadata=metadata)
 
 
+def deploy_latest_lora(store: MediaStore, slug: str, image_engine: ImageEngineResource, engine: ImageEngine) -> str:
+    """Copy the persona's current LoRA to the engine under a content-derived name, so no cache serves a stale one."""
+    record = json.loads(store.read_bytes(lora_manifest_key(slug)))
+    local = Path(image_engine.work_dir) / slug / "deploy" / f"{slug}-{record['lora_sha256'][:8]}.safetensors"
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.write_bytes(store.read_bytes(record["lora_key"]))
+    return engine.deploy_lora(local, local.name)
+
+
 def sample_prompts(config: LoraSamplesConfig, persona: Persona) -> list[str]:
     prompts = list(config.prompts or persona.test_prompts) or [
         f"{persona.trigger} {persona.class_word}, portrait photo, natural light",
@@ -220,13 +230,8 @@ def render_samples(
     store = media.get_store()
     persona = load_persona(store, slug)
     prompts = sample_prompts(config, persona)
-    record = json.loads(store.read_bytes(lora_manifest_key(slug)))
     engine = image_engine.get_engine()
-
-    local = Path(image_engine.work_dir) / slug / "deploy" / f"{slug}-{record['lora_sha256'][:8]}.safetensors"
-    local.parent.mkdir(parents=True, exist_ok=True)
-    local.write_bytes(store.read_bytes(record["lora_key"]))
-    lora_name = engine.deploy_lora(local, local.name)
+    lora_name = deploy_latest_lora(store, slug, image_engine, engine)
     size = config.size or (64 if image_engine.engine == "embedded" and image_engine.base_model == "tiny" else 512)
     requests = [
         GenerationRequest(

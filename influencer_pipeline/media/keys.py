@@ -43,3 +43,8 @@ def lora_manifest_key(persona: str) -> str:
 def samples_prefix(persona: str) -> str:
     """Validation renders with the persona's LoRA: `<n>.png` with `<n>.json` parameters beside, and `grid.png`."""
     return f"{PERSONAS}/{persona}/samples/"
+
+
+def content_prefix(persona: str, day: str) -> str:
+    """A day's plan (`plan.json`), images (`images/`) and reels (`videos/`)."""
+    return f"{PERSONAS}/{persona}/content/{day}/"

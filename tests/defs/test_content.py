@@ -1,0 +1,150 @@
+"""The content group materialised for real: plans from both writers, images with the persona's LoRA, the schedule."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import dagster as dg
+import pytest
+
+from influencer_pipeline.content.plan import ContentPlan
+from influencer_pipeline.definitions import defs
+from influencer_pipeline.defs.content import content_plan, post_images
+from influencer_pipeline.defs.resources import (
+    ImageEngineResource,
+    LocalMediaStoreResource,
+    TrainerResource,
+    WriterResource,
+)
+from influencer_pipeline.defs.schedules import content_calendar
+from influencer_pipeline.defs.training import lora_weights
+from influencer_pipeline.media import LocalMediaStore
+from tests.content.llm_standin import LLMStandin, Status
+from tests.defs.test_datasets import failure_text
+from tests.images import make_photo
+
+DAY = "2026-11-23"
+PERSONA_YAML = b"""trigger_word: ohwx
+class_word: woman
+platforms: [instagram, tiktok]
+timezone: Europe/Rome
+posting_times: ["09:30", "18:00"]
+themes: [espresso, beaches]
+"""
+
+
+def key(persona: str = "ava", day: str = DAY) -> dg.MultiPartitionKey:
+    return dg.MultiPartitionKey({"date": day, "persona": persona})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> LocalMediaStore:
+    """A persona with a dataset and an embedded LoRA trained in one step (what the training group leaves)."""
+    root = tmp_path_factory.mktemp("content")
+    store = LocalMediaStore(root / "media")
+    store.write_bytes("uploads/ava/persona.yaml", PERSONA_YAML)
+    for i in range(2):
+        path = root / f"{i}.png"
+        make_photo(i, size=(512, 512)).save(path)
+        store.write_bytes(f"personas/ava/dataset/{i:016x}.png", path.read_bytes())
+        store.write_bytes(f"personas/ava/dataset/{i:016x}.txt", b"ohwx woman\n")
+    fast = {"preset": "embedded-tiny", "epochs": 1, "batch_size": 2, "save_every_n_epochs": 1}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("personas", ["ava"])
+        result = dg.materialize(
+            [lora_weights],
+            partition_key="ava",
+            instance=instance,
+            resources={"media": media(store), "trainer": TrainerResource(work_dir=str(root / "work"))},
+            run_config=dg.RunConfig(ops={"lora_weights": {"config": fast}}),
+        )
+    assert result.success
+    return store
+
+
+def media(store: LocalMediaStore) -> LocalMediaStoreResource:
+    return LocalMediaStoreResource(root=str(store.root))
+
+
+def run(store, assets, writer=None, run_config=None, partition=None):
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("personas", ["ava"])
+        return dg.materialize(
+            assets,
+            partition_key=partition or key(),
+            instance=instance,
+            resources={
+                "media": media(store),
+                "writer": writer or WriterResource(),
+                "image_engine": ImageEngineResource(work_dir=str(store.root.parent / "work")),
+            },
+            run_config=run_config,
+            raise_on_error=False,
+        )
+
+
+def test_template_plan_is_written_and_shown_as_a_calendar(trained) -> None:
+    result = run(trained, [content_plan])
+    assert result.success, failure_text(result)
+    plan = ContentPlan.model_validate_json(trained.read_bytes(f"personas/ava/content/{DAY}/plan.json"))
+    assert plan.date.isoformat() == DAY and len(plan.posts) == 2
+    assert {p.publish_at.utcoffset().total_seconds() for p in plan.posts} == {3600.0}  # Europe/Rome in November
+    meta = result.asset_materializations_for_node("content_plan")[0].metadata
+    assert meta["posts"].value == 2 and meta["writer"].value == "template"
+    assert [r.data["time"][:5] for r in meta["calendar"].value.records] == ["09:30", "18:00"]
+
+
+def test_openai_writer_usage_is_recorded(trained) -> None:
+    with LLMStandin() as llm:
+        result = run(trained, [content_plan], WriterResource(base_url=llm.url, api_key="sk-test", model="m"))
+        assert len(llm.received) == 1
+    assert result.success, failure_text(result)
+    meta = result.asset_materializations_for_node("content_plan")[0].metadata
+    assert meta["writer"].value.startswith("openai-chat:") and meta["prompt_tokens"].value > 0
+
+
+def test_failing_writer_api_ends_in_a_clear_error_after_retries(trained) -> None:
+    with LLMStandin() as llm:
+        llm.then(*[Status(500)] * 10)
+        writer = WriterResource(base_url=llm.url, api_key="sk-secret-123", model="m", max_retries=2, backoff_s=0.01)
+        result = run(trained, [content_plan], writer, partition=key(day="2026-11-20"))
+        attempts = len(llm.received)
+    assert not result.success
+    text = failure_text(result)
+    assert attempts == 3 and "500" in text
+    assert "sk-secret-123" not in text
+    assert not trained.exists("personas/ava/content/2026-11-20/plan.json"), "never a silently empty plan"
+
+
+def test_post_images_use_the_persona_lora_and_record_parameters(trained) -> None:
+    config = {"steps": 2, "image_size": 256, "reel_width": 256, "reel_height": 448}
+    result = run(trained, [content_plan, post_images], run_config=dg.RunConfig(ops={"post_images": {"config": config}}))
+    assert result.success, failure_text(result)
+    plan = ContentPlan.model_validate_json(trained.read_bytes(f"personas/ava/content/{DAY}/plan.json"))
+    expected = sum(len(p.image_prompts) for p in plan.posts)
+    pngs = [o.key for o in trained.list(f"personas/ava/content/{DAY}/images/") if o.key.endswith(".png")]
+    assert len(pngs) == expected
+    params = json.loads(trained.read_bytes(pngs[0].replace(".png", ".json")))
+    assert params["loras"] and params["loras"][0]["name"].startswith("ava-") and "seed" in params
+    meta = result.asset_materializations_for_node("post_images")[0].metadata
+    assert meta["images"].value == expected and "data:image/png;base64," in meta["preview"].value
+
+
+def test_schedule_tick_targets_today_for_every_active_persona(tmp_path) -> None:
+    store = LocalMediaStore(tmp_path / "media")
+    store.write_bytes("uploads/ava/persona.yaml", b"trigger_word: ohwx\n")
+    store.write_bytes("uploads/bob/persona.yaml", b"active: false\n")
+    store.write_bytes("uploads/cy/persona.yaml", b"timezone: Mars/Base\n")
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("personas", ["ava", "bob", "cy", "dee"])
+        tick = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
+        with dg.build_schedule_context(
+            instance=instance,
+            scheduled_execution_time=tick,
+            resources={"media": media(store)},
+            repository_def=defs.get_repository_def(),
+        ) as context:
+            requests = content_calendar.evaluate_tick(context).run_requests
+    assert [r.partition_key for r in requests] == [key("ava", DAY), key("dee", DAY)]
+    assert content_calendar.default_status == dg.DefaultScheduleStatus.RUNNING
