@@ -3,6 +3,7 @@ upload sensor starts its dataset run by itself; the run is followed over the rea
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -17,6 +18,20 @@ import requests
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
+LAUNCH = """
+mutation Launch($p: ExecutionParams!) {
+  launchRun(executionParams: $p) {
+    __typename
+    ... on LaunchRunSuccess { run { runId status } }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on PythonError { message }
+  }
+}
+"""
+RUN_STATUS = """
+query Run($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status } } }
+"""
+GPU_STEPS = {"lora_weights", "lora_samples", "post_images"}
 RUNS_QUERY = """
 query Runs($filter: RunsFilter) {
   runsOrError(filter: $filter) {
@@ -66,7 +81,7 @@ def dev_server(tmp_path):
 
     try:
         wait_for(up, 120, "the webserver", proc)
-        yield url, media, proc
+        yield url, media, proc, home
     finally:
         stop(proc)
         log.close()
@@ -86,8 +101,8 @@ def stop(proc: subprocess.Popen) -> None:
             continue
 
 
-def test_dropping_a_persona_folder_starts_its_dataset_run(dev_server) -> None:
-    url, media, proc = dev_server
+def test_dropped_folder_starts_its_dataset_run_and_the_gpu_pool_holds(dev_server) -> None:
+    url, media, proc, home = dev_server
     shutil.copytree(ROOT / "resources" / "personas" / "ava", media / "uploads" / "newcomer")
 
     def finished_run() -> dict | None:
@@ -102,3 +117,50 @@ def test_dropping_a_persona_folder_starts_its_dataset_run(dev_server) -> None:
     assert tags["dagster/partition"] == "newcomer"
     assert tags["dagster/sensor_name"] == "upload_sensor"
     assert len(list((media / "personas" / "newcomer" / "dataset").glob("*.png"))) == 16
+
+    # Two training runs launched at once over GraphQL: the `gpu` pool (limit 1) must serialise their GPU steps.
+    config = {"ops": {"lora_weights": {"config": {"epochs": 1}}, "lora_samples": {"config": {"steps": 2}}}}
+    run_ids = [launch_training(url, "newcomer", config) for _ in range(2)]
+
+    def all_finished() -> bool:
+        statuses = [graphql(url, RUN_STATUS, {"id": r})["runOrError"]["status"] for r in run_ids]
+        return all(s in ("SUCCESS", "FAILURE", "CANCELED") for s in statuses) and statuses
+
+    statuses = wait_for(all_finished, 600, "both training runs", proc)
+    assert statuses == ["SUCCESS", "SUCCESS"]
+    spans = gpu_step_spans(home, run_ids)
+    assert len(spans) == 4
+    for (_, end_a, step_a), (start_b, _, step_b) in itertools.pairwise(spans):
+        assert start_b >= end_a, f"{step_b} started before {step_a} finished: the gpu pool did not hold"
+
+
+def launch_training(url: str, persona: str, config: dict) -> str:
+    selector = {"repositoryLocationName": "influencer_pipeline", "repositoryName": "__repository__"}
+    params = {
+        "selector": selector | {"jobName": "persona_training"},
+        "runConfigData": config,
+        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": persona}]},
+    }
+    result = graphql(url, LAUNCH, {"p": params})["launchRun"]
+    assert result["__typename"] == "LaunchRunSuccess", result
+    return result["run"]["runId"]
+
+
+def gpu_step_spans(home: Path, run_ids: list[str]) -> list[tuple[float, float, str]]:
+    """(start, end, step) of every GPU-pool step in these runs, read from the instance's own event log."""
+    from dagster import DagsterInstance
+    from dagster._core.instance.ref import InstanceRef
+
+    spans = []
+    with DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
+        for run_id in run_ids:
+            starts = {}
+            for entry in instance.all_logs(run_id):
+                event = entry.dagster_event
+                if event is None or event.step_key not in GPU_STEPS:
+                    continue
+                if event.event_type_value == "STEP_START":
+                    starts[event.step_key] = entry.timestamp
+                elif event.event_type_value == "STEP_SUCCESS":
+                    spans.append((starts[event.step_key], entry.timestamp, f"{run_id[:8]}:{event.step_key}"))
+    return sorted(spans)
