@@ -1,0 +1,251 @@
+"""A voice from any OpenAI-compatible speech endpoint: OpenAI itself, or a local piper / kokoro server.
+
+`POST {base_url}/audio/speech` with a JSON body answers with the audio bytes. Rate limits (429) and server
+errors (5xx), dropped connections and timeouts are retried with exponential backoff, honouring `Retry-After`;
+anything else fails at once with a message that says what to fix. The API key is sent only in the
+`Authorization` header and is scrubbed from every message and log line, because servers echo it back in errors.
+
+Whatever the server sends (a WAV whose header says "length unknown", as streamed WAVs do, or another format
+when `response_format` is ignored) is rewritten by imageio-ffmpeg's ffmpeg into a plain mono 16-bit WAV, so
+the rest of the pipeline reads one format. The API reports no word timings: `word_timings` derives them.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import random
+import subprocess
+import time
+import wave
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import imageio_ffmpeg
+import requests
+
+from influencer_pipeline.errors import InputError
+from influencer_pipeline.voice.timing import VoiceTrack, atomic_output
+
+log = logging.getLogger(__name__)
+
+MAX_INPUT_CHARS = 4096  # the API's limit on `input`
+CONNECT_TIMEOUT_S = 10.0
+RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))  # as OpenAI's own client retries
+AUTH_STATUS = frozenset({401, 403})
+
+
+class SpeechAPIError(RuntimeError):
+    """The speech API could not produce audio; the message says what failed and what to do (never the key)."""
+
+
+class _Retryable(Exception):
+    """One failed attempt worth repeating: why, and how long the server asked us to wait (None: not said)."""
+
+    def __init__(self, reason: str, wait_s: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.wait_s = wait_s
+
+
+class OpenAISpeechVoice:
+    """`Voice` backed by `POST {base_url}/audio/speech` (base_url like https://api.openai.com/v1).
+
+    `timeout_s` bounds each attempt from connecting to the last byte; `max_retries` is how many times a
+    retryable failure is repeated; `backoff_s` is the first wait (doubling, with jitter) when the server names
+    none; a server asking to wait longer than `max_wait_s` fails at once rather than stalling the run.
+    `api_key_env` is only named in error messages, so they can say where the key comes from.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        model: str = "tts-1",
+        voice: str = "alloy",
+        timeout_s: float = 60,
+        max_retries: int = 3,
+        *,
+        backoff_s: float = 1.0,
+        max_wait_s: float = 60.0,
+        api_key_env: str = "OPENAI_API_KEY",
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise InputError("base_url", f"{base_url!r} is not an http(s) URL", "use e.g. https://api.openai.com/v1")
+        if max_retries < 0:
+            raise InputError("max_retries", f"must be 0 or more, got {max_retries}", "use 3")
+        self.url = f"{base_url.rstrip('/')}/audio/speech"
+        self.model = model
+        self.voice = voice
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.max_wait_s = max_wait_s
+        self.api_key_env = api_key_env
+        self.name = f"openai-speech:{model}"
+        self._api_key = api_key or None
+        self._http = requests.Session()
+
+    def __repr__(self) -> str:
+        return f"OpenAISpeechVoice(url={self.url!r}, model={self.model!r}, voice={self.voice!r})"
+
+    def speak(self, text: str, output: Path, voice: str | None = None) -> VoiceTrack:
+        """Have the API speak `text` and store it as a mono 16-bit WAV at `output`; `words` stay empty."""
+        chosen = voice or self.voice
+        if not text.strip():
+            raise InputError("text", "the voice-over script is empty", "give the voice something to say")
+        if len(text) > MAX_INPUT_CHARS:
+            raise InputError(
+                "text", f"the speech API takes at most {MAX_INPUT_CHARS} characters, got {len(text)}", "shorten it"
+            )
+        body = {"model": self.model, "input": text, "voice": chosen, "response_format": "wav"}
+        audio = self._request(body)
+        with atomic_output(output) as partial:
+            self._to_wav(audio, partial)
+        with wave.open(str(output), "rb") as track:
+            sample_rate, frames = track.getframerate(), track.getnframes()
+        return VoiceTrack(
+            path=Path(output),
+            duration_s=frames / sample_rate,
+            sample_rate=sample_rate,
+            words=[],
+            engine=self.name,
+            voice=chosen,
+        )
+
+    def _request(self, body: dict[str, Any]) -> bytes:
+        """The audio bytes, after up to `max_retries` retries of retryable failures."""
+        attempt = 0
+        while True:
+            try:
+                return self._attempt(body)
+            except _Retryable as failure:
+                if attempt == self.max_retries:
+                    raise SpeechAPIError(
+                        self._redact(
+                            f"the speech API at {self.url} failed {attempt + 1} times, last with {failure.reason}. "
+                            "Fix: check the server is up and not overloaded, then run again"
+                        )
+                    ) from None
+                wait = self._wait_before_retry(failure, attempt)
+                attempt += 1
+                note = f"speech API: {failure.reason}; retry {attempt} of {self.max_retries} in {wait:.1f} s"
+                log.warning("%s", self._redact(note))
+                time.sleep(wait)
+
+    def _wait_before_retry(self, failure: _Retryable, attempt: int) -> float:
+        """The server's Retry-After when it gave one, else exponential backoff with jitter; too long a wait fails."""
+        if failure.wait_s is None:
+            return min(self.backoff_s * 2**attempt * random.uniform(0.5, 1.0), self.max_wait_s)
+        if failure.wait_s > self.max_wait_s:
+            raise SpeechAPIError(
+                self._redact(
+                    f"the speech API at {self.url} answered {failure.reason} and asks to wait {failure.wait_s:.0f} s, "
+                    f"longer than max_wait_s={self.max_wait_s:g}. Fix: check the account's rate limits and quota, "
+                    "then run again later"
+                )
+            )
+        return failure.wait_s
+
+    def _attempt(self, body: dict[str, Any]) -> bytes:
+        """One POST, read to the end within `timeout_s`; retryable failures raise `_Retryable`."""
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            with self._http.post(
+                self.url,
+                json=body,
+                headers=headers,
+                timeout=(min(CONNECT_TIMEOUT_S, self.timeout_s), self.timeout_s),
+                stream=True,
+            ) as response:
+                content = _read_until(response, deadline, self.timeout_s)
+                status, response_headers = response.status_code, response.headers
+        except requests.Timeout:
+            raise _Retryable(f"no complete answer within timeout_s={self.timeout_s:g} s") from None
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            raise _Retryable(f"a dropped or refused connection ({type(exc).__name__})") from None
+        except requests.RequestException as exc:
+            raise SpeechAPIError(self._redact(f"the request to {self.url} failed: {exc}")) from None
+        if status == 200:
+            return content
+        reason = f"HTTP {status}: {_server_message(content)}"
+        if status in RETRYABLE_STATUS:
+            raise _Retryable(reason, _retry_after(response_headers))
+        raise SpeechAPIError(self._redact(self._refusal(status, reason, body["voice"])))
+
+    def _refusal(self, status: int, reason: str, voice: str) -> str:
+        """The message for a non-retryable answer: the key for 401/403, the request itself for other 4xx."""
+        if status in AUTH_STATUS and self._api_key is None:
+            return f"the speech API at {self.url} needs an API key ({reason}). Fix: set {self.api_key_env}"
+        if status in AUTH_STATUS:
+            return (
+                f"the speech API at {self.url} refused the API key ({reason}). Fix: check the key in "
+                f"{self.api_key_env} (valid, not revoked, allowed to use {self.model!r})"
+            )
+        return (
+            f"the speech API at {self.url} rejected the request ({reason}). Fix: check that this server offers "
+            f"model {self.model!r} and voice {voice!r}"
+        )
+
+    def _to_wav(self, audio: bytes, target: Path) -> None:
+        """Rewrite whatever audio the server sent as a plain mono 16-bit WAV at the server's sample rate."""
+        command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", "pipe:0"]
+        command += ["-ac", "1", "-c:a", "pcm_s16le", "-f", "wav", "-y", str(target)]
+        result = subprocess.run(command, input=audio, capture_output=True, check=False)
+        if result.returncode != 0:
+            excerpt = audio[:120].decode(errors="replace")
+            raise SpeechAPIError(
+                self._redact(
+                    f"the speech API at {self.url} answered 200 but not with audio ffmpeg can read "
+                    f"({len(audio)} bytes starting {excerpt!r}). Fix: check base_url points at an "
+                    "OpenAI-compatible /audio/speech endpoint"
+                )
+            )
+
+    def _redact(self, text: str) -> str:
+        """`text` without the API key, which servers may echo back in their error messages."""
+        return text.replace(self._api_key, "[API key]") if self._api_key else text
+
+
+def _read_until(response: requests.Response, deadline: float, timeout_s: float) -> bytes:
+    """The whole body, or `requests.Timeout` once `deadline` passes (a slow trickle beats per-read timeouts)."""
+    chunks: list[bytes] = []
+    for chunk in response.iter_content(64 * 1024):
+        chunks.append(chunk)
+        if time.monotonic() > deadline:
+            raise requests.Timeout(f"the answer took longer than {timeout_s:g} s")
+    return b"".join(chunks)
+
+
+def _server_message(content: bytes) -> str:
+    """The error message from an OpenAI-shaped JSON body, else the start of the body."""
+    try:
+        payload = json.loads(content)
+    except ValueError:
+        return content[:200].decode(errors="replace").strip() or "no details"
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])
+    return json.dumps(payload)[:200]
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds from a Retry-After header (delay-seconds or an HTTP date), None when absent or unreadable."""
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
