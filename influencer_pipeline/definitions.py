@@ -17,6 +17,7 @@ def build_definitions() -> dg.Definitions:
             training.lora_samples,
             content.content_plan,
             content.post_images,
+            content.post_videos,
         ],
         jobs=[datasets.persona_dataset_job, training.persona_training_job, schedules.daily_content_job],
         schedules=[schedules.content_calendar],

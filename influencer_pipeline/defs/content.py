@@ -3,6 +3,7 @@
 import io
 import json
 from datetime import date
+from pathlib import Path
 
 import dagster as dg
 from PIL import Image
@@ -12,7 +13,7 @@ from influencer_pipeline.content.plan import ContentPlan
 from influencer_pipeline.defs.errors import user_errors_are_final
 from influencer_pipeline.defs.metadata import image_preview, table
 from influencer_pipeline.defs.partitions import calendar
-from influencer_pipeline.defs.resources import ImageEngineResource, MediaStoreResource, WriterResource
+from influencer_pipeline.defs.resources import ImageEngineResource, MediaStoreResource, VoiceResource, WriterResource
 from influencer_pipeline.defs.training import GPU_TAGS, deploy_latest_lora, lora_weights
 from influencer_pipeline.errors import InputError
 from influencer_pipeline.generation.base import GenerationRequest, LoraRef
@@ -20,6 +21,8 @@ from influencer_pipeline.generation.grid import render_grid
 from influencer_pipeline.media.keys import content_prefix, lora_manifest_key
 from influencer_pipeline.media.store import MediaStore
 from influencer_pipeline.personas import load_persona
+from influencer_pipeline.video import ReelReport, ReelSpec, aspects_for, check_reel, render_reel, thumbnail
+from influencer_pipeline.voice import word_timings
 
 
 def day_and_persona(context: dg.AssetExecutionContext) -> tuple[str, str]:
@@ -148,3 +151,132 @@ def post_images(
             "folder": dg.MetadataValue.path(store.uri(prefix)),
         }
     )
+
+
+class PostVideosConfig(dg.Config):
+    scale: float = Field(1.0, gt=0, le=1, description="Render at this fraction of 1080p (drafts, tests).")
+    music_key: str = Field("", description="Media-store key of a background track, ducked under the voice.")
+    seconds_per_still: float = Field(0.0, ge=0, description="0: spread the stills over the voice-over.")
+
+
+@dg.asset(
+    partitions_def=calendar,
+    group_name="content",
+    deps=[post_images],
+    kinds={"ffmpeg", "video"},
+    check_specs=[dg.AssetCheckSpec("reels_valid", asset="post_videos", blocking=True)],
+)
+def post_videos(
+    context: dg.AssetExecutionContext,
+    config: PostVideosConfig,
+    media: MediaStoreResource,
+    voice: VoiceResource,
+    image_engine: ImageEngineResource,
+) -> dg.MaterializeResult:
+    """Each reel: Ken Burns over its stills, voice-over, word-timed subtitles, one file per aspect the platforms need,
+    -14 LUFS, H.264 High + AAC with faststart; every file re-probed and checked."""
+    day, slug = day_and_persona(context)
+    store = media.get_store()
+    work = Path(image_engine.work_dir) / slug / "reels" / day
+    work.mkdir(parents=True, exist_ok=True)
+    with user_errors_are_final():
+        persona = load_persona(store, slug)
+        plan = read_plan(store, slug, day)
+        speaker, aligner = voice.get_voice(persona.voice), voice.get_aligner()
+        music = fetch(store, config.music_key, work) if config.music_key else None
+        rows, problems, thumb = [], [], b""
+        for post in (p for p in plan.posts if p.format == "reel"):
+            stills = [fetch(store, key, work) for key in post_image_keys(store, slug, day, post.id)]
+            track = speaker.speak(post.voiceover, work / f"{post.id}-voice.wav")
+            words, timing = word_timings(track, post.voiceover, aligner)
+            context.log.info(
+                f"{post.id}: {track.duration_s:.1f} s of {track.engine} voice, subtitles timed by {timing}"
+            )
+            for aspect in aspects_for(post.platforms):
+                spec = ReelSpec(
+                    stills=stills,
+                    voice=track.path,
+                    words=words,
+                    width=even(aspect.width * config.scale),
+                    height=even(aspect.height * config.scale),
+                    music=music,
+                    seconds_per_still=config.seconds_per_still or None,
+                )
+                output = work / f"{post.id}-{aspect.slug}.mp4"
+                report = render_reel(spec, output, work / "tmp", progress=context.log.info)
+                key = content_prefix(slug, day) + f"videos/{output.name}"
+                store.write_bytes(key, output.read_bytes())
+                problems += [f"{output.name}: {p}" for p in check_reel(report, spec)]
+                thumb = thumb or thumbnail(output, at_s=min(1.0, report.duration_s / 2))
+                rows.append(reel_row(post.id, aspect.name, timing, report))
+    metadata: dict[str, object] = {
+        "reels": len(rows),
+        "table": table(rows, REEL_COLUMNS),
+        "folder": dg.MetadataValue.path(store.uri(content_prefix(slug, day) + "videos/")),
+        "voice": voice.engine,
+    }
+    if rows:
+        metadata |= {
+            "mean_lufs": round(sum(r["lufs"] for r in rows) / len(rows), 2),
+            "total_render_s": round(sum(r["render_s"] for r in rows), 1),
+            "thumbnail": image_preview(thumb, "first reel"),
+        }
+    return dg.MaterializeResult(
+        metadata=metadata,
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="reels_valid",
+                passed=not problems,
+                severity=dg.AssetCheckSeverity.ERROR,
+                metadata={"problems": len(problems)},
+                description="; ".join(problems) or f"{len(rows)} reels: streams, size, duration and loudness ok",
+            )
+        ],
+    )
+
+
+REEL_COLUMNS = [
+    ("post", "string"),
+    ("aspect", "string"),
+    ("subtitles", "string"),
+    ("duration_s", "float"),
+    ("lufs", "float"),
+    ("true_peak_db", "float"),
+    ("size_mb", "float"),
+    ("render_s", "float"),
+]
+
+
+def reel_row(post_id: str, aspect: str, timing: str, report: ReelReport) -> dict[str, object]:
+    return {
+        "post": post_id,
+        "aspect": aspect,
+        "subtitles": timing,
+        "duration_s": round(report.duration_s, 2),
+        "lufs": round(report.integrated_lufs, 2),
+        "true_peak_db": round(report.true_peak_db, 2),
+        "size_mb": round(report.size_bytes / 1e6, 2),
+        "render_s": round(report.render_s, 1),
+    }
+
+
+def even(value: float) -> int:
+    """H.264 with yuv420p needs even frame sizes."""
+    return max(2, round(value / 2) * 2)
+
+
+def post_image_keys(store: MediaStore, slug: str, day: str, post_id: str) -> list[str]:
+    prefix = content_prefix(slug, day) + "images/"
+    keys = sorted(o.key for o in store.list(prefix) if o.key.rsplit("/", 1)[-1].startswith(f"{post_id}-"))
+    keys = [k for k in keys if k.endswith(".png")]
+    if not keys:
+        raise InputError(prefix, f"no images for post {post_id}", f"materialize post_images for {day}|{slug}")
+    return keys
+
+
+def fetch(store: MediaStore, key: str, work: Path) -> Path:
+    """A local copy of a media-store object, for ffmpeg."""
+    path = work / "inputs" / key.rsplit("/", 1)[-1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(store.read_bytes(key))
+    return path

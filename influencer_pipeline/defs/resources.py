@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
@@ -19,6 +20,10 @@ from influencer_pipeline.generation.base import ImageEngine
 from influencer_pipeline.generation.consistency import ClipEmbedder, ColorLayoutEmbedder, Embedder
 from influencer_pipeline.media import LocalMediaStore, MediaStore, S3MediaStore
 from influencer_pipeline.training.base import Trainer
+from influencer_pipeline.voice.timing import Voice
+
+if TYPE_CHECKING:
+    from influencer_pipeline.voice import WhisperAligner
 
 
 class MediaStoreResource(dg.ConfigurableResource):
@@ -164,6 +169,47 @@ class WriterResource(dg.ConfigurableResource):
         )
 
 
+class VoiceResource(dg.ConfigurableResource):
+    """Voice-over: an OpenAI-compatible `/audio/speech` API when `base_url` is set, else espeak-ng (pip, offline).
+
+    Subtitle timing comes from the engine's word events (espeak), else whisper when `whisper_model` names a local
+    checkpoint, else the script spread over the voiced parts of the track.
+    """
+
+    base_url: str = ""
+    api_key: str = ""  # from dg.EnvVar("TTS_API_KEY")
+    model: str = "tts-1"
+    voice: str = ""  # empty: the persona's `voice` for espeak-ng, "alloy" for the API
+    whisper_model: str = ""
+    device: str = "auto"
+
+    @property
+    def engine(self) -> str:
+        return "openai-speech" if self.base_url else "espeak-ng"
+
+    def get_voice(self, persona_voice: str) -> Voice:
+        if self.base_url:
+            from influencer_pipeline.voice import OpenAISpeechVoice
+
+            return OpenAISpeechVoice(
+                self.base_url,
+                self.api_key or None,
+                model=self.model,
+                voice=self.voice or persona_voice,
+                api_key_env="TTS_API_KEY",
+            )
+        from influencer_pipeline.voice import EspeakVoice
+
+        return EspeakVoice(voice=self.voice or persona_voice)
+
+    def get_aligner(self) -> WhisperAligner | None:
+        if not self.whisper_model:
+            return None
+        from influencer_pipeline.voice import WhisperAligner
+
+        return WhisperAligner(self.whisper_model, device=self.device)
+
+
 class UploadPolicy(dg.ConfigurableResource):
     """When the upload sensor treats a persona folder as ready to use."""
 
@@ -219,5 +265,12 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
             api_key=_optional_env("OPENROUTER_API_KEY") or "",
             base_url=env("WRITER_BASE_URL", ""),
             model=env("WRITER_MODEL", "openai/gpt-4o-mini"),
+        ),
+        "voice": VoiceResource(
+            base_url=env("TTS_BASE_URL", ""),
+            api_key=_optional_env("TTS_API_KEY") or "",
+            model=env("TTS_MODEL", "tts-1"),
+            voice=env("TTS_VOICE", ""),
+            whisper_model=env("WHISPER_MODEL", ""),
         ),
     }

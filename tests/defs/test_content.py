@@ -10,11 +10,12 @@ import pytest
 
 from influencer_pipeline.content.plan import ContentPlan
 from influencer_pipeline.definitions import defs
-from influencer_pipeline.defs.content import content_plan, post_images
+from influencer_pipeline.defs.content import content_plan, post_images, post_videos
 from influencer_pipeline.defs.resources import (
     ImageEngineResource,
     LocalMediaStoreResource,
     TrainerResource,
+    VoiceResource,
     WriterResource,
 )
 from influencer_pipeline.defs.schedules import content_calendar
@@ -148,3 +149,39 @@ def test_schedule_tick_targets_today_for_every_active_persona(tmp_path) -> None:
             requests = content_calendar.evaluate_tick(context).run_requests
     assert [r.partition_key for r in requests] == [key("ava", DAY), key("dee", DAY)]
     assert content_calendar.default_status == dg.DefaultScheduleStatus.RUNNING
+
+
+def test_post_videos_render_checked_reels_with_voice_and_subtitles(trained) -> None:
+    config = {
+        "post_images": {"config": {"steps": 2, "image_size": 256, "reel_width": 256, "reel_height": 448}},
+        "post_videos": {"config": {"scale": 0.2}},
+    }
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("personas", ["ava"])
+        result = dg.materialize(
+            [content_plan, post_images, post_videos],
+            partition_key=key(day="2026-11-21"),
+            instance=instance,
+            resources={
+                "media": media(trained),
+                "writer": WriterResource(),
+                "image_engine": ImageEngineResource(work_dir=str(trained.root.parent / "work")),
+                "voice": VoiceResource(),
+            },
+            run_config=dg.RunConfig(ops=config),
+            raise_on_error=False,
+        )
+    assert result.success, failure_text(result)
+    meta = {k: v.value for k, v in result.asset_materializations_for_node("post_videos")[0].metadata.items()}
+    plan = ContentPlan.model_validate_json(trained.read_bytes("personas/ava/content/2026-11-21/plan.json"))
+    reels = [p for p in plan.posts if p.format == "reel"]
+    assert reels, "a persona on tiktok gets at least one reel a day"
+    assert meta["reels"] == len(reels)  # instagram + tiktok both take 9:16: one file per reel
+    row = meta["table"].records[0].data
+    assert row["aspect"] == "9:16" and row["subtitles"] == "engine"
+    assert abs(row["lufs"] - -14) <= 1 and row["true_peak_db"] <= -1.4
+    assert "data:image/jpeg;base64," in meta["thumbnail"]
+    videos = [o.key for o in trained.list("personas/ava/content/2026-11-21/videos/")]
+    assert videos == [f"personas/ava/content/2026-11-21/videos/{reels[0].id}-9x16.mp4"]
+    evaluations = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    assert [(e.check_name, e.passed) for e in evaluations] == [("reels_valid", True)]
