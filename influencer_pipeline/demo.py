@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -17,6 +18,7 @@ from influencer_pipeline.media import MediaStore
 from influencer_pipeline.media.keys import (
     captions_manifest_key,
     contact_sheet_key,
+    content_prefix,
     dataset_manifest_key,
     dataset_prefix,
     lora_manifest_key,
@@ -40,10 +42,10 @@ def upload_sample(store: MediaStore) -> int:
     return copied
 
 
-def run_job(instance: dg.DagsterInstance, name: str) -> tuple[str, float]:
+def run_job(instance: dg.DagsterInstance, name: str, partition: str = PERSONA) -> tuple[str, float]:
     started = time.perf_counter()
     result = defs.resolve_job_def(name).execute_in_process(
-        instance=instance, partition_key=PERSONA, raise_on_error=False
+        instance=instance, partition_key=partition, raise_on_error=False
     )
     if not result.success:
         failure = result.get_run_failure_event()
@@ -82,10 +84,25 @@ def main() -> None:
     print(f"  checkpoints    : {len(record['checkpoints'])} in {store.uri(lora_prefix(PERSONA) + 'checkpoints/')}")
     print(f"  loss curve     : {store.uri(lora_prefix(PERSONA) + 'loss_curve.png')}")
     print(f"  sample grid    : {store.uri(samples_prefix(PERSONA) + 'grid.png')} (a .json beside each sample)")
+    today = datetime.now(UTC).date().isoformat()
+    print(f"\nplanning and rendering today's content ({today}) ...")
+    content_run, content_s = run_job(
+        instance, "daily_content", dg.MultiPartitionKey({"date": today, "persona": PERSONA})
+    )
+    plan = json.loads(store.read_bytes(content_prefix(PERSONA, today) + "plan.json"))
+    print(f"content run {content_run} succeeded in {content_s:.1f} s")
+    for post in plan["posts"]:
+        print(f"  {post['publish_at'][11:16]} {post['format']:8} {', '.join(post['platforms']):28} {post['theme']}")
+    videos = [o for o in store.list(content_prefix(PERSONA, today) + "videos/")]
+    print(f"  images         : {store.uri(content_prefix(PERSONA, today) + 'images/')}")
+    for video in videos:
+        print(f"  reel           : {store.uri(video.key)} ({video.size / 1e6:.1f} MB)")
+
     print("\nLook at it in the UI: run `make dev`, open http://127.0.0.1:3000, then")
     print("  Runs -> the run above (logs, steps), and Assets -> training_images -> partition 'ava'")
     print("  (contact sheet, rejection table, kept/rejected plots), image_captions (caption table),")
-    print("  lora_weights (loss curve, final_loss plot) and lora_samples (sample grid, consistency_score).")
+    print("  lora_weights (loss curve, final_loss plot) and lora_samples (sample grid, consistency_score);")
+    print("  content_plan (calendar table), post_images (previews) and post_videos (thumbnail, loudness table).")
 
 
 if __name__ == "__main__":
