@@ -1,0 +1,189 @@
+"""Per-platform OAuth facts: endpoints, scopes, PKCE, redirect rules, token lifetimes, refresh and revocation.
+
+Everything here is data taken from `reference/social-apis.md` sections 1.2, 2.1, 3.1, 4.1 and 5; the flows that
+use it live in `oauth.py`. Keeping the rules as data makes the differences between platforms reviewable in one
+table and lets tests point every endpoint at a stand-in by swapping the scheme and host (`with_base_url`).
+
+Instagram uses **Instagram Login** (Business Login for Instagram, `graph.instagram.com`), not Facebook Login:
+it needs no Facebook Page, its 60-day token can be refreshed server-side (`ig_refresh_token`) so a linked
+account keeps working without the person logging in again, and the token it returns is the one the publishing
+calls take. The price: it has no revocation endpoint (unlinking tells the person where to remove the app), it
+documents no PKCE (the single-use `state`, the app secret and the HTTPS callback protect the exchange) and videos
+must be pulled from a public URL (no `rupload`), which the images need anyway.
+
+Facebook Pages uses Facebook Login: the stored access token is the Page token (it does not expire), and the
+long-lived user token it was fetched with is stored in the refresh slot because it is what revokes the grant
+(`DELETE /me/permissions`); Meta has no refresh grant for user tokens, so a dead Page token means linking again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from datetime import timedelta
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from influencer_pipeline.errors import InputError
+
+GRAPH_API_VERSION = "v24.0"  # Meta Graph API version used by the Facebook and Instagram endpoints
+
+PkceEncoding = Literal["base64url", "hex"]
+LongLivedGrant = Literal["ig_exchange_token", "fb_exchange_token"]
+RefreshGrant = Literal["refresh_token", "ig_refresh_token"]
+RevokeStyle = Literal["token", "client_token", "meta_permissions"]
+
+
+@dataclass(frozen=True)
+class Provider:
+    """How one platform's authorization server behaves. URLs are absolute; `with_base_url` re-homes them all."""
+
+    platform: str
+    login: str  # the login product's name, for messages
+    client_id_env: str
+    client_secret_env: str
+    authorize_url: str
+    token_url: str
+    identity_url: str  # who the token belongs to (account id and display name)
+    scopes: tuple[str, ...]
+    scope_separator: str
+    client_id_param: str = "client_id"  # TikTok calls it client_key
+    loopback: bool = False  # accepts http://127.0.0.1:<any port> redirects (RFC 8252); else a public HTTPS callback
+    loopback_path: str = "/callback"
+    pkce: PkceEncoding | None = None  # None: the platform documents no PKCE, so none is sent
+    token_method: Literal["GET", "POST"] = "POST"
+    authorize_extras: tuple[tuple[str, str], ...] = ()
+    permissions_url: str = ""  # where granted scopes are read when the token response does not list them
+    long_lived: LongLivedGrant | None = None
+    long_lived_url: str = ""
+    refresh: RefreshGrant | None = None
+    refresh_url: str = ""
+    refresh_margin: timedelta = timedelta(0)  # refresh when less than this is left
+    revoke: RevokeStyle | None = None
+    revoke_url: str = ""
+    unlink_hint: str = ""  # what the person does by hand when the grant cannot be revoked from here
+    setup_hint: str = ""  # what to register in the platform's developer console
+
+    def with_base_url(self, base_url: str) -> Provider:
+        """The same provider with every endpoint's scheme and host (plus any base path) taken from `base_url`."""
+        base = urlsplit(base_url.rstrip("/"))
+        changes = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name.endswith("_url") and value:
+                url = urlsplit(value)
+                changes[item.name] = urlunsplit((base.scheme, base.netloc, base.path + url.path, url.query, ""))
+        return replace(self, **changes)
+
+
+_GRAPH_FB = f"https://graph.facebook.com/{GRAPH_API_VERSION}"
+_GRAPH_IG = "https://graph.instagram.com"
+
+BUILTIN: dict[str, Provider] = {
+    "instagram": Provider(
+        platform="instagram",
+        login="Instagram Login (Business Login for Instagram)",
+        client_id_env="INSTAGRAM_CLIENT_ID",
+        client_secret_env="INSTAGRAM_CLIENT_SECRET",
+        authorize_url="https://www.instagram.com/oauth/authorize",
+        token_url="https://api.instagram.com/oauth/access_token",
+        identity_url=f"{_GRAPH_IG}/{GRAPH_API_VERSION}/me",
+        scopes=("instagram_business_basic", "instagram_business_content_publish"),
+        scope_separator=",",
+        authorize_extras=(("enable_fb_login", "0"),),
+        long_lived="ig_exchange_token",
+        long_lived_url=f"{_GRAPH_IG}/access_token",
+        refresh="ig_refresh_token",
+        refresh_url=f"{_GRAPH_IG}/refresh_access_token",
+        refresh_margin=timedelta(days=30),  # a 60-day token refreshed once it is 30 days old (rule: >= 24 h old)
+        unlink_hint="Instagram Login has no revoke endpoint: remove the app in Instagram, Settings > Apps and websites",
+        setup_hint="add the HTTPS callback URL to the app's Instagram > Business login settings > redirect URLs",
+    ),
+    "facebook": Provider(
+        platform="facebook",
+        login="Facebook Login",
+        client_id_env="FACEBOOK_CLIENT_ID",
+        client_secret_env="FACEBOOK_CLIENT_SECRET",
+        authorize_url=f"https://www.facebook.com/{GRAPH_API_VERSION}/dialog/oauth",
+        token_url=f"{_GRAPH_FB}/oauth/access_token",
+        identity_url=f"{_GRAPH_FB}/me/accounts",
+        scopes=("pages_show_list", "pages_read_engagement", "pages_manage_posts", "publish_video"),
+        scope_separator=",",
+        pkce="base64url",
+        token_method="GET",
+        permissions_url=f"{_GRAPH_FB}/me/permissions",
+        long_lived="fb_exchange_token",
+        long_lived_url=f"{_GRAPH_FB}/oauth/access_token",
+        revoke="meta_permissions",
+        revoke_url=f"{_GRAPH_FB}/me/permissions",
+        unlink_hint="remove the app in Facebook, Settings > Business integrations",
+        setup_hint="add the HTTPS callback URL to Facebook Login > Settings > Valid OAuth Redirect URIs",
+    ),
+    "youtube": Provider(
+        platform="youtube",
+        login="Google OAuth (desktop client)",
+        client_id_env="GOOGLE_CLIENT_ID",
+        client_secret_env="GOOGLE_CLIENT_SECRET",
+        authorize_url="https://accounts.google.com/o/oauth2/v2/auth",
+        token_url="https://oauth2.googleapis.com/token",
+        identity_url="https://www.googleapis.com/youtube/v3/channels",
+        scopes=(
+            "https://www.googleapis.com/auth/youtube.upload",
+            "https://www.googleapis.com/auth/youtube.readonly",  # the channel id, and reconciling uploads
+        ),
+        scope_separator=" ",
+        loopback=True,
+        pkce="base64url",
+        authorize_extras=(("access_type", "offline"), ("prompt", "consent")),
+        refresh="refresh_token",
+        refresh_url="https://oauth2.googleapis.com/token",
+        refresh_margin=timedelta(minutes=5),
+        revoke="token",
+        revoke_url="https://oauth2.googleapis.com/revoke",
+        unlink_hint="remove the app at https://myaccount.google.com/permissions",
+        setup_hint="create an OAuth client of type 'Desktop app' and set the consent screen to 'In production' "
+        "(apps left in 'Testing' get refresh tokens that die after 7 days)",
+    ),
+    "tiktok": Provider(
+        platform="tiktok",
+        login="TikTok Login Kit for Desktop",
+        client_id_env="TIKTOK_CLIENT_KEY",
+        client_secret_env="TIKTOK_CLIENT_SECRET",
+        authorize_url="https://www.tiktok.com/v2/auth/authorize/",
+        token_url="https://open.tiktokapis.com/v2/oauth/token/",
+        identity_url="https://open.tiktokapis.com/v2/user/info/",
+        scopes=("user.info.basic", "video.publish", "video.upload"),
+        scope_separator=",",
+        client_id_param="client_key",
+        loopback=True,
+        loopback_path="/callback/",
+        pkce="hex",  # TikTok's desktop guide hex-encodes the SHA-256 challenge; TIKTOK_PKCE_ENCODING overrides
+        refresh="refresh_token",
+        refresh_url="https://open.tiktokapis.com/v2/oauth/token/",
+        refresh_margin=timedelta(minutes=10),
+        revoke="client_token",
+        revoke_url="https://open.tiktokapis.com/v2/oauth/revoke/",
+        unlink_hint="remove the app in TikTok, Settings and privacy > Security > Manage app permissions",
+        setup_hint="register the app as Desktop with redirect URI http://127.0.0.1:*/callback/",
+    ),
+}
+
+
+PLATFORMS = tuple(BUILTIN)
+
+
+def provider_for(platform: str, environ: Mapping[str, str] = os.environ) -> Provider:
+    """The platform's provider, re-homed to `<PLATFORM>_OAUTH_BASE_URL` when that is set (stand-ins, proxies)."""
+    if platform not in BUILTIN:
+        raise InputError("platform", f"{platform!r} is not a supported platform", f"use one of {', '.join(PLATFORMS)}")
+    provider = BUILTIN[platform]
+    base_url = environ.get(f"{platform.upper()}_OAUTH_BASE_URL")
+    if base_url:
+        provider = provider.with_base_url(base_url)
+    encoding = environ.get("TIKTOK_PKCE_ENCODING") if platform == "tiktok" else None
+    if encoding:
+        if encoding not in ("base64url", "hex"):
+            raise InputError("TIKTOK_PKCE_ENCODING", f"{encoding!r} is not an encoding", "use 'hex' or 'base64url'")
+        provider = replace(provider, pkce=encoding)
+    return provider
