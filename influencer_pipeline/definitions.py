@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from influencer_pipeline.defs import content, datasets, schedules, sensors, training
+from influencer_pipeline.defs import content, datasets, publishing, schedules, sensors, training
 from influencer_pipeline.defs.resources import resources_from_env
 
 
@@ -18,11 +18,18 @@ def build_definitions() -> dg.Definitions:
             content.content_plan,
             content.post_images,
             content.post_videos,
+            publishing.published_posts,
         ],
-        jobs=[datasets.persona_dataset_job, training.persona_training_job, schedules.daily_content_job],
+        jobs=[
+            datasets.persona_dataset_job,
+            training.persona_training_job,
+            schedules.daily_content_job,
+            publishing.publish_job,
+        ],
         schedules=[schedules.content_calendar],
         sensors=[
             sensors.upload_sensor,
+            publishing.due_posts_sensor,
             dg.AutomationConditionSensorDefinition(
                 "follow_upstream",
                 target=dg.AssetSelection.all(),

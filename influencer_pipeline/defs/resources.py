@@ -237,6 +237,8 @@ def media_store_from_env() -> MediaStoreResource:
 
 
 def resources_from_env() -> dict[str, dg.ConfigurableResource]:
+    from influencer_pipeline.defs.publishing import PublishingResource
+
     env = os.environ.get
     work_dir = os.path.abspath(env("WORK_DIR", "work"))
     return {
@@ -272,5 +274,11 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
             model=env("TTS_MODEL", "tts-1"),
             voice=env("TTS_VOICE", ""),
             whisper_model=env("WHISPER_MODEL", ""),
+        ),
+        "publishing": PublishingResource(
+            mode=env("PUBLISH_MODE", "outbox"),
+            outbox_dir=os.path.abspath(env("OUTBOX_DIR", "outbox")),
+            ledger_url=env("POST_LEDGER_URL", ""),
+            work_dir=work_dir,
         ),
     }

@@ -1,0 +1,80 @@
+"""Publishing through Dagster: a day's posts go to the outbox once, and the due-posts sensor follows the ledger."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+
+from influencer_pipeline.defs.content import content_plan, post_images, post_videos
+from influencer_pipeline.defs.publishing import PublishingResource, due_posts_sensor, published_posts
+from influencer_pipeline.defs.resources import ImageEngineResource, VoiceResource, WriterResource
+from influencer_pipeline.publishing.ledger import Ledger
+from tests.defs.conftest import key, media
+from tests.defs.test_datasets import failure_text
+
+DAY = "2026-11-19"
+FAST = {
+    "post_images": {"config": {"steps": 2, "image_size": 256, "reel_width": 256, "reel_height": 448}},
+    "post_videos": {"config": {"scale": 0.2}},
+    "published_posts": {"config": {"only_due": False}},
+}
+
+
+def test_a_day_is_published_to_the_outbox_once_even_when_run_twice(trained, tmp_path) -> None:
+    outbox = tmp_path / "outbox"
+    publishing = PublishingResource(outbox_dir=str(outbox), work_dir=str(tmp_path / "work"))
+    resources = {
+        "media": media(trained),
+        "writer": WriterResource(),
+        "image_engine": ImageEngineResource(work_dir=str(trained.root.parent / "work")),
+        "voice": VoiceResource(),
+        "publishing": publishing,
+    }
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("personas", ["ava"])
+        first = dg.materialize(
+            [content_plan, post_images, post_videos, published_posts],
+            partition_key=key(day=DAY),
+            instance=instance,
+            resources=resources,
+            run_config=dg.RunConfig(ops=FAST),
+            raise_on_error=False,
+        )
+        assert first.success, failure_text(first)
+        with dg.build_sensor_context(instance=instance, resources=resources) as context:
+            after_publish = due_posts_sensor(context)
+        again = dg.materialize(
+            [published_posts],
+            partition_key=key(day=DAY),
+            instance=instance,
+            resources=resources,
+            run_config=dg.RunConfig(ops={"published_posts": FAST["published_posts"]}),
+        )
+    meta = {k: v.value for k, v in first.asset_materializations_for_node("published_posts")[0].metadata.items()}
+    plan = json.loads(trained.read_bytes(f"personas/ava/content/{DAY}/plan.json"))
+    pairs = {(p["id"], platform) for p in plan["posts"] for platform in p["platforms"]}
+    assert meta["published"] == len(pairs) and meta["failed"] == 0 and meta["mode"] == "outbox"
+    bundles = {(d.parent.name, d.name) for d in outbox.glob("*/*") if (d / "PUBLISHED").exists()}
+    assert bundles == pairs
+    reel = next(p for p in plan["posts"] if p["format"] == "reel")
+    bundle = outbox / reel["id"] / reel["platforms"][0]
+    assert (bundle / "caption.txt").read_text().startswith(reel["captions"][reel["platforms"][0]].strip()[:20])
+    assert any(f.suffix == ".mp4" for f in bundle.iterdir())
+
+    assert again.success
+    ledger = Ledger(f"sqlite:///{tmp_path / 'post_ledger.db'}")
+    views = ledger.attempts()
+    assert len(views) == len(pairs)
+    assert all(v.state == "published" and v.commit_count == 1 for v in views), "a second run never posts twice"
+    assert isinstance(after_publish, dg.SkipReason)
+
+
+def test_due_posts_sensor_waits_for_the_videos_then_requests_due_days(trained, tmp_path) -> None:
+    publishing = PublishingResource(outbox_dir=str(tmp_path / "outbox"), work_dir=str(tmp_path / "work"))
+    resources = {"media": media(trained), "publishing": publishing}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("personas", ["ava"])
+        with dg.build_sensor_context(instance=instance, resources=resources) as context:
+            assert isinstance(due_posts_sensor(context), dg.SkipReason)  # nothing rendered yet
+        assert published_posts.key is not None
