@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export MEDIA_ROOT ?= $(CURDIR)/media
 export WORK_DIR ?= $(CURDIR)/work
+export OUTBOX_DIR ?= $(CURDIR)/outbox
 
 .PHONY: demo test dev lint format bench snapshot clean
 

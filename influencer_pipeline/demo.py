@@ -42,10 +42,12 @@ def upload_sample(store: MediaStore) -> int:
     return copied
 
 
-def run_job(instance: dg.DagsterInstance, name: str, partition: str = PERSONA) -> tuple[str, float]:
+def run_job(
+    instance: dg.DagsterInstance, name: str, partition: str = PERSONA, run_config: dict | None = None
+) -> tuple[str, float]:
     started = time.perf_counter()
     result = defs.resolve_job_def(name).execute_in_process(
-        instance=instance, partition_key=partition, raise_on_error=False
+        instance=instance, partition_key=partition, run_config=run_config, raise_on_error=False
     )
     if not result.success:
         failure = result.get_run_failure_event()
@@ -86,9 +88,8 @@ def main() -> None:
     print(f"  sample grid    : {store.uri(samples_prefix(PERSONA) + 'grid.png')} (a .json beside each sample)")
     today = datetime.now(UTC).date().isoformat()
     print(f"\nplanning and rendering today's content ({today}) ...")
-    content_run, content_s = run_job(
-        instance, "daily_content", dg.MultiPartitionKey({"date": today, "persona": PERSONA})
-    )
+    partition = dg.MultiPartitionKey({"date": today, "persona": PERSONA})
+    content_run, content_s = run_job(instance, "daily_content", partition)
     plan = json.loads(store.read_bytes(content_prefix(PERSONA, today) + "plan.json"))
     print(f"content run {content_run} succeeded in {content_s:.1f} s")
     for post in plan["posts"]:
@@ -98,11 +99,21 @@ def main() -> None:
     for video in videos:
         print(f"  reel           : {store.uri(video.key)} ({video.size / 1e6:.1f} MB)")
 
+    print("\npublishing today's posts to the outbox (every post now, not at its planned time) ...")
+    config = {"ops": {"published_posts": {"config": {"only_due": False}}}}
+    publish_run, publish_s = run_job(instance, "publish_posts", partition, config)
+    outbox = Path(defs.resources["publishing"].outbox_dir)
+    bundles = sorted(p.parent for p in outbox.glob("*/*/PUBLISHED"))
+    print(f"publish run {publish_run} succeeded in {publish_s:.1f} s: {len(bundles)} post bundles")
+    for bundle in bundles:
+        print(f"  {bundle}")
+
     print("\nLook at it in the UI: run `make dev`, open http://127.0.0.1:3000, then")
     print("  Runs -> the run above (logs, steps), and Assets -> training_images -> partition 'ava'")
     print("  (contact sheet, rejection table, kept/rejected plots), image_captions (caption table),")
     print("  lora_weights (loss curve, final_loss plot) and lora_samples (sample grid, consistency_score);")
-    print("  content_plan (calendar table), post_images (previews) and post_videos (thumbnail, loudness table).")
+    print("  content_plan (calendar table), post_images (previews), post_videos (thumbnail, loudness table)")
+    print("  and published_posts (state, id and permalink per post and platform).")
 
 
 if __name__ == "__main__":
