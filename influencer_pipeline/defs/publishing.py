@@ -32,12 +32,12 @@ class PublishingResource(dg.ConfigurableResource):
 
     mode: str = Field("outbox", pattern="^(outbox|live)$")
     outbox_dir: str = "outbox"
-    ledger_url: str = ""  # empty: SQLite next to the outbox; production: postgresql+psycopg2://...
+    ledger_url: str = ""  # empty: SQLite in work_dir; production: postgresql+psycopg2://...
     work_dir: str = "work"
 
     def ledger(self) -> Ledger:
-        url = self.ledger_url or f"sqlite:///{Path(self.outbox_dir).resolve().parent / 'post_ledger.db'}"
-        ledger = Ledger(url)
+        Path(self.work_dir).mkdir(parents=True, exist_ok=True)
+        ledger = Ledger(self.ledger_url or f"sqlite:///{Path(self.work_dir).resolve() / 'post_ledger.db'}")
         ledger.upgrade()
         return ledger
 

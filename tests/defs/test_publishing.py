@@ -63,7 +63,7 @@ def test_a_day_is_published_to_the_outbox_once_even_when_run_twice(trained, tmp_
     assert any(f.suffix == ".mp4" for f in bundle.iterdir())
 
     assert again.success
-    ledger = Ledger(f"sqlite:///{tmp_path / 'post_ledger.db'}")
+    ledger = Ledger(f"sqlite:///{tmp_path / 'work' / 'post_ledger.db'}")
     views = ledger.attempts()
     assert len(views) == len(pairs)
     assert all(v.state == "published" and v.commit_count == 1 for v in views), "a second run never posts twice"
