@@ -41,6 +41,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/comfy_queue.py
+	$(BIN)/python bench/video.py
 
 snapshot: $(STAMP)
 	UPDATE_SNAPSHOTS=1 $(BIN)/pytest tests/defs/test_definitions.py

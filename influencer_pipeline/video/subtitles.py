@@ -26,6 +26,7 @@ from pathlib import Path
 from PIL import ImageFont
 
 from influencer_pipeline.errors import InputError
+from influencer_pipeline.voice.timing import Word  # one word type for voice timing and captions
 
 MAX_WORDS_PER_LINE = 3
 MAX_GAP_S = 0.6  # a longer pause in the speech starts a new line
@@ -36,15 +37,6 @@ SENTENCE_END = (".", "!", "?", ";", ":", ",", "…")
 
 class FontNotFoundError(RuntimeError):
     """The caption font file is missing or unreadable: the message names the file and the fix."""
-
-
-@dataclass(frozen=True)
-class Word:
-    """One spoken word; `start`/`end` are seconds in the voice track's timeline (= the reel's timeline)."""
-
-    text: str
-    start: float
-    end: float
 
 
 @dataclass(frozen=True)
