@@ -21,6 +21,7 @@ from influencer_pipeline.generation.grid import render_grid
 from influencer_pipeline.media.keys import content_prefix, lora_manifest_key
 from influencer_pipeline.media.store import MediaStore
 from influencer_pipeline.personas import load_persona
+from influencer_pipeline.publishing.brand_safety import scan
 from influencer_pipeline.video import ReelReport, ReelSpec, aspects_for, check_reel, render_reel, thumbnail
 from influencer_pipeline.voice import word_timings
 
@@ -164,7 +165,10 @@ class PostVideosConfig(dg.Config):
     group_name="content",
     deps=[post_images],
     kinds={"ffmpeg", "video"},
-    check_specs=[dg.AssetCheckSpec("reels_valid", asset="post_videos", blocking=True)],
+    check_specs=[
+        dg.AssetCheckSpec("reels_valid", asset="post_videos", blocking=True),
+        dg.AssetCheckSpec("brand_safety", asset="post_videos", blocking=True),
+    ],
 )
 def post_videos(
     context: dg.AssetExecutionContext,
@@ -209,6 +213,8 @@ def post_videos(
                 problems += [f"{output.name}: {p}" for p in check_reel(report, spec)]
                 thumb = thumb or thumbnail(output, at_s=min(1.0, report.duration_s / 2))
                 rows.append(reel_row(post.id, aspect.name, timing, report))
+    safety = scan(day_media(store, slug, day, work))
+    context.log.info(safety.summary())
     metadata: dict[str, object] = {
         "reels": len(rows),
         "table": table(rows, REEL_COLUMNS),
@@ -230,7 +236,17 @@ def post_videos(
                 severity=dg.AssetCheckSeverity.ERROR,
                 metadata={"problems": len(problems)},
                 description="; ".join(problems) or f"{len(rows)} reels: streams, size, duration and loudness ok",
-            )
+            ),
+            dg.AssetCheckResult(
+                check_name="brand_safety",
+                passed=safety.passed,
+                severity=dg.AssetCheckSeverity.ERROR,
+                metadata={
+                    "max_score": max((f.max_score for f in safety.files), default=0.0),
+                    "files": len(safety.files),
+                },
+                description=safety.summary()[:2000],
+            ),
         ],
     )
 
@@ -272,6 +288,12 @@ def post_image_keys(store: MediaStore, slug: str, day: str, post_id: str) -> lis
     if not keys:
         raise InputError(prefix, f"no images for post {post_id}", f"materialize post_images for {day}|{slug}")
     return keys
+
+
+def day_media(store: MediaStore, slug: str, day: str, work: Path) -> list[Path]:
+    """Every image and reel of the day, as local files: what brand safety scans before anything is posted."""
+    keys = [o.key for o in store.list(content_prefix(slug, day)) if o.key.endswith((".png", ".mp4"))]
+    return [fetch(store, key, work / "scan") for key in sorted(keys)]
 
 
 def fetch(store: MediaStore, key: str, work: Path) -> Path:

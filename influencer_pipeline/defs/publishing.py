@@ -11,17 +11,18 @@ import dagster as dg
 from pydantic import Field
 
 from influencer_pipeline.content.plan import PlannedPost
-from influencer_pipeline.defs.content import fetch, post_image_keys, post_videos, read_plan
+from influencer_pipeline.defs.content import day_media, fetch, post_image_keys, post_videos, read_plan
 from influencer_pipeline.defs.errors import user_errors_are_final
 from influencer_pipeline.defs.metadata import table
 from influencer_pipeline.defs.partitions import calendar
 from influencer_pipeline.defs.resources import MediaStoreResource
 from influencer_pipeline.media.keys import content_prefix
 from influencer_pipeline.media.store import MediaStore
+from influencer_pipeline.publishing.brand_safety import scan
 from influencer_pipeline.publishing.ledger import Ledger
 from influencer_pipeline.publishing.orchestrator import publish_once
 from influencer_pipeline.publishing.outbox import OutboxPublisher
-from influencer_pipeline.publishing.posts import requests_for
+from influencer_pipeline.publishing.posts import prepare_posts
 from influencer_pipeline.video import aspects_for
 
 FINAL_STATES = ("published", "failed", "unconfirmed")
@@ -51,6 +52,13 @@ class PublishingResource(dg.ConfigurableResource):
         account = accounts.account(persona, platform).account_id
         publisher = live_publisher(platform, account, store, Path(self.work_dir) / persona / "publish")
         return publisher, (lambda: accounts.fresh_token(persona, platform)), account
+
+
+ROW_COLUMNS = ("post", "platform", "account", "state", "remote_id", "permalink", "error", "preflight_changes")
+
+
+def row(**fields: str | None) -> dict[str, str]:
+    return {c: fields.get(c) or "" for c in ROW_COLUMNS}
 
 
 class PublishedPostsConfig(dg.Config):
@@ -87,35 +95,49 @@ def published_posts(
         plan = read_plan(store, slug, day)
         ledger = publishing.ledger()
         now = datetime.now(UTC) if config.only_due else None
+        safety = scan(day_media(store, slug, day, work))
+        context.log.info(safety.summary())
+        if not safety.passed:
+            raise dg.Failure(description=safety.summary(), allow_retries=False)
         platforms = sorted({p for post in plan.posts for p in post.platforms})
         setups = {p: publishing.publisher_and_token(p, slug, store) for p in platforms}
+        prepared = prepare_posts(
+            plan, lambda p: setups[p][2], media_for(store, slug, day, work), work / "preflight", now
+        )
         rows = []
-        for request in requests_for(plan, lambda p: setups[p][2], media_for(store, slug, day, work), now):
-            publisher, token, account = setups[request.platform]
-            view = publish_once(ledger, publisher, request, token, worker, notify=context.log.warning)
-            context.log.info(f"{request.post_id} -> {request.platform}: {view.state}")
+        for item in prepared:
+            publisher, token, account = setups[item.platform]
+            context.log.info(item.report.summary())
+            if item.request is None:
+                problems = "; ".join(item.report.problems)
+                rows.append(
+                    row(post=item.post_id, platform=item.platform, account=account, state="blocked", error=problems)
+                )
+                continue
+            view = publish_once(ledger, publisher, item.request, token, worker, notify=context.log.warning)
+            context.log.info(f"{item.post_id} -> {item.platform}: {view.state}")
             rows.append(
-                {
-                    "post": view.post_id,
-                    "platform": request.platform,
-                    "account": account,
-                    "state": view.state,
-                    "remote_id": view.remote_id or "",
-                    "permalink": view.permalink or "",
-                    "error": view.last_error or "",
-                }
+                row(
+                    post=view.post_id,
+                    platform=item.platform,
+                    account=account,
+                    state=view.state,
+                    remote_id=view.remote_id,
+                    permalink=view.permalink,
+                    error=view.last_error,
+                    preflight_changes="; ".join(item.report.changes),
+                )
             )
     states = [r["state"] for r in rows]
     return dg.MaterializeResult(
         metadata={
-            "posts": table(
-                rows,
-                [(c, "string") for c in ("post", "platform", "account", "state", "remote_id", "permalink", "error")],
-            ),
+            "posts": table(rows, [(c, "string") for c in ROW_COLUMNS]),
+            "brand_safety_max_score": dg.MetadataValue.float(max((f.max_score for f in safety.files), default=0.0)),
             "published": states.count("published"),
             "failed": states.count("failed"),
             "unconfirmed": states.count("unconfirmed"),
-            "pending": len([s for s in states if s not in FINAL_STATES]),
+            "blocked": states.count("blocked"),
+            "pending": len([s for s in states if s not in (*FINAL_STATES, "blocked")]),
             "mode": publishing.mode,
         }
     )

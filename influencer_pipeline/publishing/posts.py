@@ -1,59 +1,71 @@
-"""From a day's plan to publish requests: one per (post, platform), with the platform's caption and media."""
+"""From a day's plan to publish requests: one per (post, platform), pre-flighted with the platform's rules."""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from influencer_pipeline.content.plan import HASHTAG_LIMITS, ContentPlan, PlannedPost
+from influencer_pipeline.content.plan import ContentPlan, PlannedPost
 from influencer_pipeline.publishing.base import PostMedia, PublishRequest
+from influencer_pipeline.publishing.preflight import PreflightReport, preflight
 
 
-def platform_caption(post: PlannedPost, platform: str) -> str:
-    """The platform's caption with its hashtags appended the way each platform's users expect."""
-    tags = " ".join(f"#{t}" for t in post.hashtags[: HASHTAG_LIMITS[platform]])
-    caption = post.captions[platform].strip()
-    if not tags:
-        return caption
-    return f"{caption}\n\n{tags}" if platform in ("instagram", "facebook", "youtube") else f"{caption} {tags}"
+@dataclass(frozen=True)
+class Prepared:
+    """One (post, platform): the request to publish, or None when pre-flight found something it cannot fix."""
+
+    post_id: str
+    platform: str
+    request: PublishRequest | None
+    report: PreflightReport
 
 
-def due(post: PlannedPost, now: datetime) -> bool:
-    return post.publish_at <= now
-
-
-def requests_for(
+def prepare_posts(
     plan: ContentPlan,
     account_for: Callable[[str], str],
     media_for: Callable[[PlannedPost, str], list[Path]],
+    work_dir: Path,
     only_due_at: datetime | None = None,
-) -> list[PublishRequest]:
-    """Publish requests for every post and platform of the plan (only those due at `only_due_at` when given).
+) -> list[Prepared]:
+    """Pre-flight every post and platform of the plan (only posts due at `only_due_at` when given).
 
     `account_for(platform)` names the account; `media_for(post, platform)` gives local files in posting order.
+    Fixed copies go to `work_dir`; the originals are never changed.
     """
     out = []
     for post in plan.posts:
-        if only_due_at is not None and not due(post, only_due_at):
+        if only_due_at is not None and post.publish_at > only_due_at:
             continue
         for platform in post.platforms:
-            files = media_for(post, platform)
-            media = tuple(
-                PostMedia(f, "video" if f.suffix == ".mp4" else "image", hashlib.sha256(f.read_bytes()).hexdigest())
-                for f in files
+            report = preflight(
+                platform,
+                post.format,
+                post.captions[platform],
+                list(post.hashtags),
+                post.title,
+                media_for(post, platform),
+                work_dir / post.id / platform,
             )
-            out.append(
-                PublishRequest(
-                    post_id=post.id,
-                    platform=platform,
-                    account_id=account_for(platform),
-                    format=post.format,
-                    caption=platform_caption(post, platform),
-                    media=media,
-                    title=post.title,
-                    scheduled_for=post.publish_at.isoformat(),
-                )
-            )
+            request = publish_request(post, platform, account_for(platform), report) if report.ok else None
+            out.append(Prepared(post.id, platform, request, report))
     return out
+
+
+def publish_request(post: PlannedPost, platform: str, account: str, report: PreflightReport) -> PublishRequest:
+    media = tuple(
+        PostMedia(f, "video" if f.suffix == ".mp4" else "image", hashlib.sha256(f.read_bytes()).hexdigest())
+        for f in report.media
+    )
+    return PublishRequest(
+        post_id=post.id,
+        platform=platform,
+        account_id=account,
+        format=post.format,
+        caption=report.text,
+        media=media,
+        title=report.title,
+        scheduled_for=post.publish_at.isoformat(),
+    )

@@ -1,0 +1,156 @@
+"""Run notifications: when any job of this code location succeeds or fails, POST a signed webhook.
+
+The payload, signing and retries live in `influencer_pipeline.notify` (plain Python); this module only turns a run
+status sensor's context into a `RunEvent` and reads the destinations from the environment:
+
+* ``NOTIFY_WEBHOOK_URLS``: comma-separated generic webhooks (n8n, any URL), JSON body, HMAC-signed.
+* ``NOTIFY_SLACK_WEBHOOK_URL``: a Slack incoming webhook, Block Kit body.
+* ``NOTIFY_WEBHOOK_SECRET``: the HMAC secret; required when ``NOTIFY_WEBHOOK_URLS`` is set.
+* ``DAGSTER_UI_URL``: the UI's base URL (e.g. ``https://dagster.example.com``), for the run link.
+
+URLs and the secret are `dg.EnvVar`s: read at run time, never stored in the definitions or shown in the UI. With
+nothing configured the sensors still run and do nothing, so a laptop needs no setup.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING
+
+import dagster as dg
+
+from influencer_pipeline.notify import (
+    EVENT_FAILURE,
+    EVENT_SUCCESS,
+    Failure,
+    NotificationError,
+    RunEvent,
+    Webhook,
+    notify,
+    truncate_message,
+)
+
+if TYPE_CHECKING:
+    from dagster._utils.error import SerializableErrorInfo
+
+
+class NotifierResource(dg.ConfigurableResource):
+    """Where run notifications go, and the secret that signs them."""
+
+    webhook_urls: str = ""  # comma-separated; from dg.EnvVar("NOTIFY_WEBHOOK_URLS")
+    slack_webhook_url: str = ""  # from dg.EnvVar("NOTIFY_SLACK_WEBHOOK_URL")
+    webhook_secret: str = ""  # from dg.EnvVar("NOTIFY_WEBHOOK_SECRET")
+    ui_url: str = ""  # DAGSTER_UI_URL
+
+    def webhooks(self) -> list[Webhook]:
+        generic = [Webhook(url.strip()) for url in self.webhook_urls.split(",") if url.strip()]
+        slack = [Webhook(self.slack_webhook_url.strip(), "slack")] if self.slack_webhook_url.strip() else []
+        return generic + slack
+
+    def run_url(self, run_id: str) -> str | None:
+        return f"{self.ui_url.rstrip('/')}/runs/{run_id}" if self.ui_url else None
+
+    def send(self, event: RunEvent) -> list[str]:
+        """Deliver to every configured webhook; returns their redacted names (empty when none is configured).
+
+        Generic webhooks must be signed: an unsigned notification could be forged by anyone who learns the URL,
+        so a missing secret is an error rather than a silent downgrade.
+        """
+        webhooks = self.webhooks()
+        if any(hook.format == "json" for hook in webhooks) and not self.webhook_secret:
+            raise NotificationError(
+                "NOTIFY_WEBHOOK_URLS is set but NOTIFY_WEBHOOK_SECRET is not: generic webhooks are HMAC-signed. "
+                "Fix: set NOTIFY_WEBHOOK_SECRET to the secret your receiver verifies with."
+            )
+        if not webhooks:
+            return []
+        return notify(webhooks, event, self.webhook_secret or None)
+
+
+def notifier_resource_from_env() -> NotifierResource:
+    """The `notifier` resource from the NOTIFY_* variables and DAGSTER_UI_URL (unset ones: no such webhook)."""
+    return NotifierResource(
+        webhook_urls=_env_var("NOTIFY_WEBHOOK_URLS"),
+        slack_webhook_url=_env_var("NOTIFY_SLACK_WEBHOOK_URL"),
+        webhook_secret=_env_var("NOTIFY_WEBHOOK_SECRET"),
+        ui_url=os.environ.get("DAGSTER_UI_URL", ""),
+    )
+
+
+def _env_var(name: str) -> dg.EnvVar | str:
+    """An EnvVar only when set: an EnvVar pointing at an unset variable fails at run time."""
+    return dg.EnvVar(name) if os.environ.get(name) else ""
+
+
+def run_event(
+    context: dg.RunStatusSensorContext, notifier: NotifierResource, event: str, failure: Failure | None
+) -> RunEvent:
+    """The facts a receiver needs, read from the run and its event log."""
+    run = context.dagster_run
+    record = context.instance.get_run_record_by_id(run.run_id)
+    return RunEvent(
+        event=event,
+        run_id=run.run_id,
+        job=run.job_name,
+        status="SUCCESS" if failure is None else "FAILURE",
+        partition=run.tags.get("dagster/partition"),
+        assets=materialized_assets(context.instance, run.run_id),
+        failure=failure,
+        run_url=notifier.run_url(run.run_id),
+        timestamp=record.end_time if record and record.end_time else time.time(),
+    )
+
+
+def materialized_assets(instance: dg.DagsterInstance, run_id: str) -> tuple[str, ...]:
+    """Asset keys this run materialised, in order, each once (a partitioned run may write one key many times)."""
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    keys = (record.event_log_entry.asset_materialization.asset_key.to_user_string() for record in records)
+    return tuple(dict.fromkeys(keys))
+
+
+def failure_of(context: dg.RunFailureSensorContext) -> Failure:
+    """The first failed step and its own error (not Dagster's wrapper), else the run-level failure message."""
+    for step_event in context.get_step_failure_events():
+        error = step_event.step_failure_data.error
+        if error is not None:
+            return Failure(step=step_event.step_key, message=truncate_message(_root_message(error)))
+    return Failure(step=None, message=truncate_message(context.failure_event.message or "The run failed."))
+
+
+def _root_message(error: SerializableErrorInfo) -> str:
+    """Dagster wraps user errors ("Error occurred while executing op ..."); the cause says what went wrong."""
+    while error.cause is not None:
+        error = error.cause
+    return error.message
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    name="run_success_notifier",
+    description="POSTs a signed notification for every successful run of this code location.",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def run_success_notifier(context: dg.RunStatusSensorContext, notifier: NotifierResource) -> None:
+    _send(context, notifier, run_event(context, notifier, EVENT_SUCCESS, failure=None))
+
+
+@dg.run_failure_sensor(
+    name="run_failure_notifier",
+    description="POSTs a signed notification, with the failing step and message, for every failed run.",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def run_failure_notifier(context: dg.RunFailureSensorContext, notifier: NotifierResource) -> None:
+    _send(context, notifier, run_event(context, notifier, EVENT_FAILURE, failure=failure_of(context)))
+
+
+def _send(context: dg.RunStatusSensorContext, notifier: NotifierResource, event: RunEvent) -> None:
+    """Returns nothing on purpose: a run status sensor that returns a value stops processing runs for that tick.
+
+    A delivery failure raises: Dagster then records it on the sensor tick and as an event on the run itself.
+    """
+    sent = notifier.send(event)
+    context.log.info(f"{event.event} for run {event.run_id}: notified {len(sent)} webhook(s) {sent}")
+
+
+notification_sensors = [run_success_notifier, run_failure_notifier]
