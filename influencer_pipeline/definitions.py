@@ -23,6 +23,7 @@ def build_definitions() -> dg.Definitions:
         jobs=[
             datasets.persona_dataset_job,
             training.persona_training_job,
+            training.persona_pipeline_job,
             schedules.daily_content_job,
             publishing.publish_job,
         ],

@@ -27,7 +27,12 @@ from influencer_pipeline.voice import word_timings
 
 
 def day_and_persona(context: dg.AssetExecutionContext) -> tuple[str, str]:
-    keys = context.partition_key.keys_by_dimension
+    """(date, persona) of the run's partition; a run launched over GraphQL with only `dagster/partition`
+    ("2026-11-23|ava") hands us a plain string, so parse it with the partitions definition."""
+    key = context.partition_key
+    if not isinstance(key, dg.MultiPartitionKey):
+        key = calendar.get_partition_key_from_str(key)
+    keys = key.keys_by_dimension
     return keys["date"], keys["persona"]
 
 

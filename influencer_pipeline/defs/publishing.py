@@ -11,7 +11,7 @@ import dagster as dg
 from pydantic import Field
 
 from influencer_pipeline.content.plan import PlannedPost
-from influencer_pipeline.defs.content import day_media, fetch, post_image_keys, post_videos, read_plan
+from influencer_pipeline.defs.content import day_and_persona, day_media, fetch, post_image_keys, post_videos, read_plan
 from influencer_pipeline.defs.errors import user_errors_are_final
 from influencer_pipeline.defs.metadata import table
 from influencer_pipeline.defs.partitions import calendar
@@ -86,8 +86,7 @@ def published_posts(
 
     Every (post, account) runs the ledger's state machine: a retry, a second run or a crash never posts twice.
     """
-    keys = context.partition_key.keys_by_dimension
-    day, slug = keys["date"], keys["persona"]
+    day, slug = day_and_persona(context)
     store = media.get_store()
     work = Path(publishing.work_dir) / slug / "publish" / day
     worker = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{context.run_id[:8]}"

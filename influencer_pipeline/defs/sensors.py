@@ -1,17 +1,17 @@
-"""The upload sensor: new or changed persona folders become dataset runs, once per distinct content."""
+"""The upload sensor: a new or changed persona folder becomes one dataset -> LoRA run per distinct content."""
 
 import time
 
 import dagster as dg
 
-from influencer_pipeline.defs.datasets import persona_dataset_job
 from influencer_pipeline.defs.partitions import personas
 from influencer_pipeline.defs.resources import MediaStoreResource, UploadPolicy
+from influencer_pipeline.defs.training import persona_pipeline_job
 from influencer_pipeline.uploads import UploadCursor, scan
 
 
 @dg.sensor(
-    job=persona_dataset_job,
+    job=persona_pipeline_job,
     minimum_interval_seconds=15,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Watches uploads/<persona>/ in the media store; adds persona partitions and requests dataset runs.",

@@ -98,7 +98,6 @@ def progress_logger(
     op_tags=GPU_TAGS,
     kinds={"pytorch", "safetensors"},
     retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
-    automation_condition=dg.AutomationCondition.eager(),
 )
 def lora_weights(
     context: dg.AssetExecutionContext,
@@ -207,7 +206,6 @@ def sample_prompts(config: LoraSamplesConfig, persona: Persona) -> list[str]:
     op_tags=GPU_TAGS,
     kinds={"pytorch", "image"},
     retry_policy=dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL),
-    automation_condition=dg.AutomationCondition.eager(),
 )
 def lora_samples(
     context: dg.AssetExecutionContext,
@@ -284,4 +282,12 @@ persona_training_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups("training"),
     tags=GPU_TAGS,
     description="Train the persona's LoRA and render its sample grid (GPU pool).",
+)
+
+
+persona_pipeline_job = dg.define_asset_job(
+    "persona_pipeline",
+    selection=dg.AssetSelection.groups("datasets", "training"),
+    tags=GPU_TAGS,
+    description="Dataset, captions, LoRA and samples for one persona: what a new or changed upload folder starts.",
 )

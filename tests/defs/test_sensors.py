@@ -49,7 +49,7 @@ def test_new_persona_adds_partition_and_requests_its_dataset_run(instance, backe
     result = evaluate(instance, resources)
     assert [list(r.partition_keys) for r in result.dynamic_partitions_requests] == [["ava"]]
     assert [r.partition_key for r in result.run_requests] == ["ava"]
-    assert upload_sensor.job_name == "persona_dataset"
+    assert upload_sensor.job_name == "persona_pipeline"
     assert result.run_requests[0].run_key.startswith("dataset:ava:")
     apply(instance, result)
 
