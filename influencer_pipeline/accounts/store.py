@@ -349,15 +349,20 @@ class AccountStore:
             conn.execute(_where(delete(accounts_table), persona, platform))
 
     def try_lease(self, account: Account, owner: str, now: datetime, until: datetime) -> bool:
-        """Claim the right to refresh this account until `until`, if nobody holds an unexpired claim.
+        """Claim the right to refresh this account until `until`, if nobody holds an unexpired claim and nobody
+        refreshed it since `account` was read.
 
         One conditional UPDATE (compare-and-set) decides between processes on SQLite and PostgreSQL alike, and
-        no database lock is held during the HTTP refresh. A crashed refresher's claim simply expires."""
+        no database lock is held during the HTTP refresh. A crashed refresher's claim simply expires. The
+        `refreshed_at` condition stops a caller holding a stale read from refreshing again right after another
+        process finished and released its claim."""
         free = or_(accounts_table.c.refresh_lease_until.is_(None), accounts_table.c.refresh_lease_until < now)
+        column = accounts_table.c.refreshed_at
+        unchanged = column.is_(None) if account.refreshed_at is None else column == account.refreshed_at
         with self.engine.begin() as conn:
             result = conn.execute(
                 _where(update(accounts_table), account.persona, account.platform)
-                .where(free)
+                .where(free, unchanged)
                 .values(refresh_owner=owner, refresh_lease_until=until)
             )
             return result.rowcount == 1
