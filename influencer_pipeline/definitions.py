@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from influencer_pipeline.defs import content, datasets, publishing, schedules, sensors, training
+from influencer_pipeline.defs import content, datasets, notifications, publishing, schedules, sensors, training
 from influencer_pipeline.defs.resources import resources_from_env
 
 
@@ -31,6 +31,7 @@ def build_definitions() -> dg.Definitions:
         sensors=[
             sensors.upload_sensor,
             publishing.due_posts_sensor,
+            *notifications.notification_sensors,
             dg.AutomationConditionSensorDefinition(
                 "follow_upstream",
                 target=dg.AssetSelection.all(),
@@ -38,7 +39,7 @@ def build_definitions() -> dg.Definitions:
                 minimum_interval_seconds=30,
             ),
         ],
-        resources=resources_from_env(),
+        resources={**resources_from_env(), "notifier": notifications.notifier_resource_from_env()},
     )
 
 
