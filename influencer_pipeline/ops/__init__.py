@@ -1,0 +1,1 @@
+"""Operations tooling: instance bootstrap and an authenticating front for dagster-webserver."""
