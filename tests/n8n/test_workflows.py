@@ -4,8 +4,6 @@ main path. The queries and variables sent are the ones in the files, never retyp
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import re
@@ -28,6 +26,7 @@ import pytest
 import requests
 from dagster_graphql.schema import create_schema
 
+from influencer_pipeline.notify import signed_headers
 from tests.conftest import free_port
 from tests.n8n import replay
 
@@ -145,10 +144,10 @@ def test_every_graphql_document_is_valid_for_dagster_and_asks_for_typename() -> 
 # --- run events: signature and routing ----------------------------------------------------------------------
 
 
-def signed(payload: dict, secret: str = SECRET) -> tuple[bytes, dict[str, str]]:
+def signed(payload: dict, secret: str = SECRET, age_s: int = 0) -> tuple[bytes, dict[str, str]]:
+    """Signed exactly as the pipeline's notifier signs (influencer_pipeline.notify), so both ends agree."""
     body = json.dumps(payload).encode()
-    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return body, {"X-Influencer-Signature": f"sha256={digest}"}
+    return body, signed_headers(body, secret, int(time.time()) - age_s)
 
 
 def run_event(status: str) -> dict:
@@ -160,7 +159,7 @@ def run_event(status: str) -> dict:
 def test_run_events_acknowledges_a_signed_event_and_routes_it(status: str, branch: str) -> None:
     body, headers = signed(run_event(status))
     execution = replay.Replay(
-        replay.load("run-events"), credentials={}, env={"INFLUENCER_WEBHOOK_SECRET": SECRET}
+        replay.load("run-events"), credentials={}, env={"NOTIFY_WEBHOOK_SECRET": SECRET}
     ).run_webhook("Run event", body, headers)
     assert execution.response == replay.WebhookResponse(200, {"received": True})
     assert execution.ran(branch)
@@ -172,13 +171,14 @@ def test_run_events_acknowledges_a_signed_event_and_routes_it(status: str, branc
     ("tamper", "env", "reason"),
     [
         (lambda body, headers: (body.replace(b"FAILURE", b"SUCCESS"), headers), True, "does not match"),
-        (lambda body, headers: (body, {}), True, "no X-Influencer-Signature"),
-        (lambda body, headers: (body, headers), False, "INFLUENCER_WEBHOOK_SECRET is not set"),
+        (lambda body, headers: (body, {}), True, "X-Influencer-Timestamp is missing"),
+        (lambda body, headers: (body, headers), False, "NOTIFY_WEBHOOK_SECRET is not set"),
+        (lambda body, headers: signed(json.loads(body), age_s=3600), True, "more than 5 minutes off"),
     ],
 )
 def test_run_events_refuses_what_it_cannot_verify(tamper: Callable, env: bool, reason: str) -> None:
     body, headers = tamper(*signed(run_event("FAILURE")))
-    secrets = {"INFLUENCER_WEBHOOK_SECRET": SECRET} if env else {}
+    secrets = {"NOTIFY_WEBHOOK_SECRET": SECRET} if env else {}
     execution = replay.Replay(replay.load("run-events"), credentials={}, env=secrets).run_webhook(
         "Run event", body, headers
     )
