@@ -1,7 +1,7 @@
 """Take the Dagster UI screenshots in docs/images/ (headless Chromium over the DevTools protocol).
 
-    make dev &   # with the demo's instance
-    python docs/tools/screenshots.py   # needs Debian's chromium: apt-get install chromium
+make dev &   # with the demo's instance
+python docs/tools/screenshots.py   # needs Debian's chromium: apt-get install chromium
 """
 
 from __future__ import annotations
@@ -53,9 +53,18 @@ def main() -> None:
     profile = tempfile.mkdtemp()
     flags = "--headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking"
     browser = subprocess.Popen(
-        ["chromium", *flags.split(), "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
-         f"--remote-debugging-port={port}", "--window-size=1600,1000", "--hide-scrollbars"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "chromium",
+            *flags.split(),
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            f"--remote-debugging-port={port}",
+            "--window-size=1600,1000",
+            "--hide-scrollbars",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         time.sleep(3)
