@@ -31,6 +31,16 @@ mutation Launch($p: ExecutionParams!) {
 RUN_STATUS = """
 query Run($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status } } }
 """
+BACKFILL = """
+mutation Backfill($p: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $p) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on PartitionKeysNotFoundError { message }
+  }
+}
+"""
 GPU_STEPS = {"lora_weights", "lora_samples", "post_images"}
 RUNS_QUERY = """
 query Runs($filter: RunsFilter) {
@@ -133,6 +143,14 @@ def test_dropped_folder_starts_its_dataset_run_and_the_gpu_pool_holds(dev_server
     assert len(spans) == 4
     for (_, end_a, step_a), (start_b, _, step_b) in itertools.pairwise(spans):
         assert start_b >= end_a, f"{step_b} started before {step_a} finished: the gpu pool did not hold"
+
+    # A range of calendar days backfilled over GraphQL: the daemon plans each day.
+    days = ["2026-11-20", "2026-11-21"]
+    params = {"assetSelection": [{"path": ["content_plan"]}], "partitionNames": [f"{d}|newcomer" for d in days]}
+    backfill = graphql(url, BACKFILL, {"p": params})["launchPartitionBackfill"]
+    assert backfill["__typename"] == "LaunchBackfillSuccess", backfill
+    plans = [media / "personas" / "newcomer" / "content" / day / "plan.json" for day in days]
+    wait_for(lambda: all(p.is_file() for p in plans), 300, "the backfilled content plans", proc)
 
 
 def launch_training(url: str, persona: str, config: dict) -> str:
