@@ -101,7 +101,18 @@ def test_schedule_tick_targets_today_for_every_active_persona(tmp_path) -> None:
             repository_def=defs.get_repository_def(),
         ) as context:
             requests = content_calendar.evaluate_tick(context).run_requests
+        for request in requests:  # plan each requested partition (the whole job runs in the dev-server test)
+            result = dg.materialize(
+                [content_plan],
+                partition_key=request.partition_key,
+                instance=instance,
+                resources={"media": media(store), "writer": WriterResource()},
+            )
+            assert result.success
     assert [r.partition_key for r in requests] == [key("ava", DAY), key("dee", DAY)]
+    assert store.exists(f"personas/ava/content/{DAY}/plan.json")
+    assert store.exists(f"personas/dee/content/{DAY}/plan.json")
+    assert not store.exists(f"personas/bob/content/{DAY}/plan.json")  # inactive
     assert content_calendar.default_status == dg.DefaultScheduleStatus.RUNNING
 
 
