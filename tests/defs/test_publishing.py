@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from datetime import UTC, date, datetime
 
 import dagster as dg
+import imageio_ffmpeg
+from cryptography.fernet import Fernet
 
+from influencer_pipeline.accounts.store import AccountStore, Identity, Secret, TokenSet
+from influencer_pipeline.content.plan import ContentPlan, PlannedPost
 from influencer_pipeline.defs.content import content_plan, post_images, post_videos
 from influencer_pipeline.defs.publishing import PublishingResource, due_posts_sensor, published_posts
 from influencer_pipeline.defs.resources import ImageEngineResource, VoiceResource, WriterResource
 from influencer_pipeline.publishing.ledger import Ledger
 from tests.defs.conftest import key, media
 from tests.defs.test_datasets import failure_text
+from tests.publishing.youtube_standin import YouTubeStandin
 
 DAY = "2026-11-19"
 FAST = {
@@ -85,3 +92,96 @@ def test_due_posts_sensor_waits_for_the_videos_then_requests_due_days(trained, t
         with dg.build_sensor_context(instance=instance, resources=resources) as context:
             assert isinstance(due_posts_sensor(context), dg.SkipReason)  # nothing rendered yet
         assert published_posts.key is not None
+
+
+def test_live_youtube_post_goes_out_once_and_its_token_is_nowhere_in_the_event_log(
+    trained, tmp_path, monkeypatch
+) -> None:
+    """Linked account -> planned reel -> published on the YouTube stand-in -> verified from its own record."""
+    token = "ya29.PLANTED-secret-token-4f2c"
+    monkeypatch.setenv("INFLUENCER_ACCOUNTS_DB", f"sqlite:///{tmp_path / 'accounts.db'}")
+    monkeypatch.setenv("INFLUENCER_TOKEN_KEYS", Fernet.generate_key().decode())
+    scopes = ("https://www.googleapis.com/auth/youtube.upload",)
+    AccountStore.from_env().save_link(
+        "ava",
+        "youtube",
+        Identity("UC-ava", "Ava", scopes),
+        TokenSet(Secret(token), None, None, None),
+        datetime.now(UTC),
+    )
+    day = "2026-11-18"
+    video = tmp_path / "reel.mp4"
+    make_reel(video)
+    reel = PlannedPost(
+        id=f"{day}-1",
+        theme="espresso",
+        format="reel",
+        image_prompts=["ohwx woman, espresso bar"],
+        captions={"youtube": "Morning espresso ritual"},
+        title="Morning espresso ritual",
+        hashtags=["espresso"],
+        platforms=["youtube"],
+        publish_at=datetime(2026, 11, 18, 9, 30, tzinfo=UTC),
+        voiceover="Espresso first, then the day.",
+    )
+    plan = ContentPlan(persona="ava", date=date.fromisoformat(day), posts=[reel], writer="test")
+    trained.write_bytes(f"personas/ava/content/{day}/plan.json", plan.model_dump_json().encode())
+    trained.write_bytes(f"personas/ava/content/{day}/videos/{reel.id}-9x16.mp4", video.read_bytes())
+
+    publishing = PublishingResource(mode="live", outbox_dir=str(tmp_path / "outbox"), work_dir=str(tmp_path / "w"))
+    with YouTubeStandin(tokens=(token,)) as youtube, dg.instance_for_test() as instance:
+        monkeypatch.setenv("YOUTUBE_API_BASE_URL", youtube.url)
+        instance.add_dynamic_partitions("personas", ["ava"])
+        for _ in range(2):  # a second run (a retry, a duplicate tick) must not post again
+            result = dg.materialize(
+                [published_posts],
+                partition_key=key(day=day),
+                instance=instance,
+                resources={"media": media(trained), "publishing": publishing},
+                run_config=dg.RunConfig(ops={"published_posts": {"config": {"only_due": False}}}),
+                raise_on_error=False,
+            )
+            assert result.success, failure_text(result)
+        live = list(youtube.videos)
+        logged = "\n".join(
+            repr(entry) for run in instance.get_run_records() for entry in instance.all_logs(run.dagster_run.run_id)
+        )
+    assert len(live) == 1 and live[0].resource["snippet"]["title"] == "Morning espresso ritual"
+    assert live[0].resource["status"]["containsSyntheticMedia"] is True
+    meta = result.asset_materializations_for_node("published_posts")[0].metadata
+    row = meta["posts"].value.records[0].data
+    assert (row["state"], row["remote_id"], row["account"]) == ("published", live[0].id, "UC-ava")
+    assert "youtube: published" in logged  # the search below covers the publishing run's own log lines
+    assert token not in logged and "PLANTED" not in logged, "a platform token leaked into the Dagster event log"
+    assert token.encode() not in (tmp_path / "accounts.db").read_bytes(), "tokens are encrypted at rest"
+
+
+def make_reel(path) -> None:
+    """A 2 s vertical H.264 + AAC clip with faststart, made with the bundled ffmpeg."""
+    subprocess.run(
+        [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=360x640:rate=30:duration=2",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:duration=2",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "aac",
+            "-movflags",
+            "+faststart",
+            "-shortest",
+            str(path),
+        ],
+        check=True,
+    )
