@@ -35,6 +35,8 @@ from urllib.parse import urlsplit
 
 import requests
 
+from influencer_pipeline.retry_after import retry_after_seconds
+
 SIGNATURE_HEADER = "X-Influencer-Signature"
 TIMESTAMP_HEADER = "X-Influencer-Timestamp"
 EVENT_SUCCESS = "run_success"
@@ -270,8 +272,7 @@ def truncate_message(message: str, limit: int = MAX_FAILURE_MESSAGE_CHARS) -> st
 
 
 def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After", "")
-    return float(value) if value.isdigit() else None
+    return retry_after_seconds(response.headers.get("Retry-After"))
 
 
 def _iso(timestamp: float) -> str:

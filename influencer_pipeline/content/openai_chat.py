@@ -14,16 +14,14 @@ honouring Retry-After; a refused key is not retried, since it will not fix itsel
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
-import math
 import os
 import random
 import re
 import time
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from datetime import time as clock_time
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -51,6 +49,7 @@ from influencer_pipeline.content.writers import (
     publish_slots,
 )
 from influencer_pipeline.personas import Persona
+from influencer_pipeline.retry_after import retry_after_seconds
 
 log = logging.getLogger(__name__)
 
@@ -100,22 +99,6 @@ class ChatReply:
 
     content: str
     finish_reason: str
-
-
-def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delay-seconds, decimals tolerated, or an HTTP date)."""
-    if not value or not value.strip():
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value.strip())
-        except (TypeError, ValueError):
-            return None
-        when = when if when.tzinfo else when.replace(tzinfo=UTC)
-        seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 class OpenAIChatWriter:

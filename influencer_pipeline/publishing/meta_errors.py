@@ -13,13 +13,13 @@ token back ("Malformed access token EAAB...").
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -27,6 +27,7 @@ import requests
 from urllib3.exceptions import NewConnectionError
 
 from influencer_pipeline.publishing.base import CommitOutcomeUnknown, ErrorKind, PublishError
+from influencer_pipeline.retry_after import retry_after_seconds
 
 log = logging.getLogger(__name__)
 
@@ -172,13 +173,8 @@ def retry_after_s(headers: Mapping[str, str], now: float | None = None) -> float
 
 
 def _retry_after_value(value: str, now: float) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        try:
-            return email.utils.parsedate_to_datetime(value).timestamp() - now
-        except (TypeError, ValueError):
-            return -1.0
+    seconds = retry_after_seconds(value, datetime.fromtimestamp(now, UTC))
+    return -1.0 if seconds is None else seconds
 
 
 def _regain_minutes(header: str) -> list[float]:

@@ -31,7 +31,6 @@ and scrubbed from every message.
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -51,6 +50,7 @@ from influencer_pipeline.publishing.base import (
     PublishRequest,
     RemoteHandle,
 )
+from influencer_pipeline.retry_after import retry_after_seconds
 from influencer_pipeline.video import ffmpeg
 from influencer_pipeline.video.probe import probe
 
@@ -491,19 +491,7 @@ def _default_fix(kind: ErrorKind) -> str:
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds from a Retry-After header (delay-seconds or an HTTP date); None when absent or unreadable."""
-    value = headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max((when - datetime.now(UTC)).total_seconds(), 0.0) if when.tzinfo else None
+    return retry_after_seconds(headers.get("Retry-After"))
 
 
 def _redact(text: str, token: str) -> str:

@@ -12,7 +12,6 @@ the rest of the pipeline reads one format. The API reports no word timings: `wor
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import random
@@ -20,7 +19,6 @@ import subprocess
 import time
 import wave
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ import imageio_ffmpeg
 import requests
 
 from influencer_pipeline.errors import InputError
+from influencer_pipeline.retry_after import retry_after_seconds
 from influencer_pipeline.voice.timing import VoiceTrack, atomic_output
 
 log = logging.getLogger(__name__)
@@ -234,18 +233,4 @@ def _server_message(content: bytes) -> str:
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds from a Retry-After header (delay-seconds or an HTTP date), None when absent or unreadable."""
-    value = headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+    return retry_after_seconds(headers.get("Retry-After"))
