@@ -50,9 +50,8 @@ from influencer_pipeline.publishing.base import (
     PublishRequest,
     RemoteHandle,
 )
+from influencer_pipeline.publishing.video_upload import probe_video, redact, single_video
 from influencer_pipeline.retry_after import retry_after_seconds
-from influencer_pipeline.video import ffmpeg
-from influencer_pipeline.video.probe import probe
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +208,7 @@ class TikTokPublisher:
 
     def prepare(self, request: PublishRequest, token: str) -> RemoteHandle:
         """Check the account's rules (direct mode), then init the post; the handle is stored before any byte."""
-        path = _video_path(request)
+        path = single_video(request, "TikTok")
         plan = plan_chunks(path.stat().st_size, self.chunk_bytes, self.chunk_rules)
         source = {"source": "FILE_UPLOAD", **asdict(plan)}
         if self.mode == "direct":
@@ -237,7 +236,7 @@ class TikTokPublisher:
     def commit(self, handle: RemoteHandle, request: PublishRequest, token: str) -> Published:
         """Upload the chunks (the last one sends the post out), then poll until TikTok has processed it."""
         ticket = _Ticket.of(handle)
-        path = _video_path(request)
+        path = single_video(request, "TikTok")
         if path.stat().st_size != ticket.plan.video_size:
             raise PublishError(
                 f"{path} changed since the post was initialised ({path.stat().st_size} bytes, TikTok expects "
@@ -303,7 +302,7 @@ class TikTokPublisher:
                 kind="permanent",
             )
         limit = creator.get("max_video_post_duration_sec")
-        duration = _duration_s(path)
+        duration = probe_video(path).duration_s
         if limit is not None and duration > float(limit):
             raise PublishError(
                 f"{path}: the video lasts {duration:.1f} s, this TikTok account posts at most {limit} s. "
@@ -415,7 +414,7 @@ class TikTokPublisher:
         fix = _FIXES.get(code) or _default_fix(kind)
         text = f"TikTok refused {what} (HTTP {response.status_code}, {code or 'no code'}): {message}. Fix: {fix}"
         retry_after = _retry_after(response.headers) or wait
-        raise PublishError(_redact(text, token), kind=kind, retry_after=retry_after)
+        raise PublishError(redact(text, token), kind=kind, retry_after=retry_after)
 
     def _request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
         """One request; no answer or a 5xx raises `_Unreadable` (its effect is unknown)."""
@@ -447,33 +446,6 @@ def _classify_code(code: str, status: int) -> tuple[ErrorKind, float | None]:
     return "permanent", None
 
 
-def _video_path(request: PublishRequest) -> Path:
-    videos = [item for item in request.media if item.kind == "video"]
-    if len(videos) != 1 or len(request.media) != 1:
-        raise PublishError(
-            f"post {request.post_id}: this TikTok publisher takes exactly one video, got {len(request.media)} media "
-            "item(s). Fix: plan a reel with one video for TikTok",
-            kind="permanent",
-        )
-    path = Path(videos[0].path)
-    if not path.is_file():
-        raise PublishError(f"{path}: the video file does not exist. Fix: render the video again", kind="permanent")
-    return path
-
-
-def _duration_s(path: Path) -> float:
-    try:
-        info = probe(path)
-    except (InputError, ffmpeg.FFmpegError) as error:
-        raise PublishError(
-            f"{path}: cannot read the video ({str(error).splitlines()[0]}). Fix: render the video again",
-            kind="permanent",
-        ) from None
-    if info.duration_s is None:
-        raise PublishError(f"{path}: the video has no duration. Fix: render the video again", kind="permanent")
-    return info.duration_s
-
-
 def _json(response: requests.Response) -> dict[str, Any]:
     try:
         payload = response.json()
@@ -492,8 +464,3 @@ def _default_fix(kind: ErrorKind) -> str:
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
     return retry_after_seconds(headers.get("Retry-After"))
-
-
-def _redact(text: str, token: str) -> str:
-    """`text` without the access token, which error answers may echo back."""
-    return text.replace(token, "[access token]") if token else text

@@ -53,9 +53,8 @@ from influencer_pipeline.publishing.base import (
     PublishRequest,
     RemoteHandle,
 )
+from influencer_pipeline.publishing.video_upload import probe_video, redact, single_video
 from influencer_pipeline.retry_after import retry_after_seconds
-from influencer_pipeline.video import ffmpeg
-from influencer_pipeline.video.probe import probe
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +169,7 @@ class YouTubePublisher:
 
     def prepare(self, request: PublishRequest, token: str) -> RemoteHandle:
         """Open a resumable session for the request's video; nothing is created on YouTube until the last byte."""
-        path = _video_path(request)
+        path = single_video(request, "YouTube")
         total = path.stat().st_size
         if total == 0:
             raise PublishError(f"{path}: the video file is empty. Fix: render the video again", kind="permanent")
@@ -189,7 +188,7 @@ class YouTubePublisher:
     def commit(self, handle: RemoteHandle, request: PublishRequest, token: str) -> Published:
         """Send the bytes the session is missing; the last one creates the video. Safe to call again."""
         session = _Session.of(handle)
-        path = _video_path(request)
+        path = single_video(request, "YouTube")
         if path.stat().st_size != session.total:
             raise PublishError(
                 f"{path} changed since the upload session was opened ({path.stat().st_size} bytes, the session "
@@ -333,7 +332,7 @@ class YouTubePublisher:
         video_id = video.get("id")
         if not video_id:
             raise PublishError(
-                _redact(f"YouTube finished the upload but sent no video id: {response.text[:200]}", token),
+                redact(f"YouTube finished the upload but sent no video id: {response.text[:200]}", token),
                 kind="transient",
             )
         privacy = video.get("status", {}).get("privacyStatus")
@@ -371,7 +370,7 @@ class YouTubePublisher:
         kind, retry_after = self._classify(status, reason, response.headers)
         fix = _FIXES.get(reason) or _default_fix(kind)
         text = f"YouTube refused {what} (HTTP {status}, {reason or 'no reason'}): {message}. Fix: {fix}"
-        return PublishError(_redact(text, token), kind=kind, retry_after=retry_after)
+        return PublishError(redact(text, token), kind=kind, retry_after=retry_after)
 
     def _classify(self, status: int, reason: str, headers: Mapping[str, str]) -> tuple[ErrorKind, float | None]:
         if status == 401:
@@ -394,31 +393,9 @@ def seconds_until_quota_reset(now: datetime) -> float:
     return (midnight.astimezone(UTC) - now.astimezone(UTC)).total_seconds()
 
 
-def _video_path(request: PublishRequest) -> Path:
-    videos = [item for item in request.media if item.kind == "video"]
-    if len(videos) != 1 or len(request.media) != 1:
-        raise PublishError(
-            f"post {request.post_id}: YouTube takes exactly one video, got {len(request.media)} media item(s) "
-            f"({len(videos)} video). Fix: plan a reel with one video for YouTube",
-            kind="permanent",
-        )
-    path = Path(videos[0].path)
-    if not path.is_file():
-        raise PublishError(f"{path}: the video file does not exist. Fix: render the video again", kind="permanent")
-    return path
-
-
 def _is_short(path: Path) -> bool:
     """Square or vertical and at most three minutes: what YouTube counts as a Short."""
-    try:
-        info = probe(path)
-    except (InputError, ffmpeg.FFmpegError) as error:
-        raise PublishError(
-            f"{path}: cannot read the video ({str(error).splitlines()[0]}). Fix: render the video again",
-            kind="permanent",
-        ) from None
-    if info.video is None or info.duration_s is None:
-        raise PublishError(f"{path}: no video stream or duration. Fix: render the video again", kind="permanent")
+    info = probe_video(path)
     return info.video.height >= info.video.width and info.duration_s <= SHORTS_MAX_S
 
 
@@ -496,8 +473,3 @@ def _default_fix(kind: ErrorKind) -> str:
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
     return retry_after_seconds(headers.get("Retry-After"))
-
-
-def _redact(text: str, token: str) -> str:
-    """`text` without the access token, which error answers may echo back."""
-    return text.replace(token, "[access token]") if token else text

@@ -89,7 +89,7 @@ def test_a_gpu_device_without_a_gpu_is_a_clear_error(tiny_whisper: Path, spoken:
     import torch
 
     if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
+        pytest.skip("needs a machine without CUDA: the test asks for a GPU where there is none")
     with pytest.raises(InputError, match="asks for a GPU, but torch sees none here"):
         WhisperAligner(str(tiny_whisper), device="cuda").words(spoken.path)
 
