@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from influencer_pipeline.defs import content, datasets, notifications, publishing, schedules, sensors, training
+from influencer_pipeline.defs.executors import executor_from_env
 from influencer_pipeline.defs.resources import resources_from_env
 
 
@@ -40,6 +41,7 @@ def build_definitions() -> dg.Definitions:
             ),
         ],
         resources={**resources_from_env(), "notifier": notifications.notifier_resource_from_env()},
+        executor=executor_from_env(),
     )
 
 

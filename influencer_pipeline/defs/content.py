@@ -14,7 +14,7 @@ from influencer_pipeline.defs.errors import user_errors_are_final
 from influencer_pipeline.defs.metadata import image_preview, table
 from influencer_pipeline.defs.partitions import calendar
 from influencer_pipeline.defs.resources import ImageEngineResource, MediaStoreResource, VoiceResource, WriterResource
-from influencer_pipeline.defs.training import GPU_TAGS, deploy_latest_lora, lora_weights
+from influencer_pipeline.defs.training import GPU_OP_TAGS, deploy_latest_lora, lora_weights
 from influencer_pipeline.errors import InputError
 from influencer_pipeline.generation.base import GenerationRequest, LoraRef
 from influencer_pipeline.generation.grid import render_grid
@@ -99,7 +99,7 @@ class PostImagesConfig(dg.Config):
     group_name="content",
     deps=[content_plan, lora_weights],
     pool="gpu",
-    op_tags=GPU_TAGS,
+    op_tags=GPU_OP_TAGS,
     kinds={"pytorch", "image"},
     retry_policy=dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL),
 )

@@ -28,7 +28,14 @@ from influencer_pipeline.training.base import TrainingProgress, TrainingRequest
 from influencer_pipeline.training.loss_curve import render_loss_curve
 from influencer_pipeline.training.presets import LoraPreset, load_preset
 
-GPU_TAGS = {"gpu": "1"}  # run tag (concurrency limits, celery queue routing) and op tag (k8s GPU requests)
+GPU_TAGS = {"gpu": "1"}  # run tag: the instance's run-tag concurrency limit counts GPU runs by it
+GPU_OP_TAGS = {
+    **GPU_TAGS,
+    # dagster-celery: these steps go to the `gpu` queue, which only GPU boxes' workers consume.
+    "dagster-celery/queue": "gpu",
+    # dagster-k8s (k8s_job_executor): each of these steps runs in a pod that requests one GPU.
+    "dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}}}},
+}
 LOG_INTERVAL_S = 10.0
 
 
@@ -95,7 +102,7 @@ def progress_logger(
     group_name="training",
     deps=[image_captions],
     pool="gpu",
-    op_tags=GPU_TAGS,
+    op_tags=GPU_OP_TAGS,
     kinds={"pytorch", "safetensors"},
     retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
 )
@@ -203,7 +210,7 @@ def sample_prompts(config: LoraSamplesConfig, persona: Persona) -> list[str]:
     group_name="training",
     deps=[lora_weights],
     pool="gpu",
-    op_tags=GPU_TAGS,
+    op_tags=GPU_OP_TAGS,
     kinds={"pytorch", "image"},
     retry_policy=dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL),
 )

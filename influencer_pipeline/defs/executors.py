@@ -1,0 +1,53 @@
+"""Which executor runs the steps of every job: chosen per deployment by `DAGSTER_EXECUTOR`, not per job.
+
+- `multiprocess` (default): every step in a subprocess of the run worker (run config may pick `in_process`);
+  one GPU box, the `gpu` pool guards it.
+- `celery`: steps go to Celery queues on `CELERY_BROKER_URL` (Redis or RabbitMQ); GPU steps carry the op tag
+  `dagster-celery/queue: gpu` (GPU_OP_TAGS), so only workers started with `-q gpu` on the GPU boxes take them,
+  and everything else goes to the default `dagster` queue.
+- `k8s`: each step in its own Kubernetes Job (`k8s_job_executor`); GPU steps request `nvidia.com/gpu` through
+  their `dagster-k8s/config` op tag, so the scheduler places them on GPU nodes.
+
+Why one switch: the asset code and op tags are the same on every deployment; only the instance and this variable
+change (docs/DEPLOYMENT.md).
+"""
+
+import os
+
+import dagster as dg
+from dagster_celery import celery_executor
+from dagster_k8s import k8s_job_executor
+
+from influencer_pipeline.errors import InputError
+
+EXECUTOR_ENV = "DAGSTER_EXECUTOR"
+EXECUTORS = ("multiprocess", "celery", "k8s")
+
+
+def executor_from_env() -> dg.ExecutorDefinition:
+    name = os.environ.get(EXECUTOR_ENV, "multiprocess").strip().lower() or "multiprocess"
+    if name == "multiprocess":
+        return dg.multi_or_in_process_executor
+    if name == "celery":
+        return celery_executor_from_env()
+    if name == "k8s":
+        return k8s_executor_from_env()
+    raise InputError(
+        EXECUTOR_ENV, f"got {name!r}; expected one of {', '.join(EXECUTORS)}", f"set {EXECUTOR_ENV}=multiprocess"
+    )
+
+
+def celery_executor_from_env() -> dg.ExecutorDefinition:
+    """Broker and result backend from env vars, so the same URLs reach the run worker and the Celery workers."""
+    return celery_executor.configured(
+        {
+            "broker": {"env": "CELERY_BROKER_URL"},
+            "backend": {"env": "CELERY_RESULT_BACKEND"},
+        },
+        name="celery",
+    )
+
+
+def k8s_executor_from_env() -> dg.ExecutorDefinition:
+    """Step pods in the run's namespace with the run pod's image and env (K8sRunLauncher's container context)."""
+    return k8s_job_executor.configured({"max_concurrent": 8}, name="k8s")
