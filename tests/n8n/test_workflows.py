@@ -1,6 +1,7 @@
 """The n8n workflows in resources/n8n: valid n8n files, every GraphQL document valid for Dagster 1.13, and replayed
 from their JSON (tests/n8n/replay.py) against stand-ins for the failure paths and a real `dagster dev` for the
-main path. The queries and variables sent are the ones in the files, never retyped here."""
+main path: dagster-daemon plus the token-guarded webserver (influencer_pipeline.ops.webserver_auth), as deployed.
+The queries and variables sent are the ones in the files, never retyped here."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NAMES = ["train-persona", "daily-content", "run-events"]
 GRAPHQL_CREDENTIAL = "Dagster GraphQL token"
 NOTIFY_CREDENTIAL = "Influencer notification webhook"
-TOKEN = "n8n-test-token"
+TOKEN = "n8n-test-token-5f1c9a7e2b"  # the webserver wants at least 16 characters
 CREDENTIALS = {
     GRAPHQL_CREDENTIAL: {"name": "Authorization", "value": f"Bearer {TOKEN}"},
     NOTIFY_CREDENTIAL: {"name": "Authorization", "value": "Bearer notify-token"},
@@ -377,13 +378,14 @@ def test_train_persona_reports_graphql_errors_and_an_unreachable_dagster() -> No
     assert "ConnectionError" in execution.response.body["failure"]["message"]
 
 
-# --- the main path against a real `dagster dev` --------------------------------------------------------------
+# --- the main path against a real dagster-daemon and the token-guarded webserver -----------------------------
 
 
 @pytest.fixture
 def dagster_dev(tmp_path: Path) -> Iterator[str]:
-    """`dagster dev` on loopback with the sample persona uploaded as `ava`; the upload sensor is held off by a
-    day-long settle time so that only the workflows launch runs."""
+    """dagster-daemon and `influencer_pipeline.ops.webserver_auth` (DAGSTER_GRAPHQL_TOKEN=TOKEN) on loopback, with the
+    sample persona uploaded as `ava`; the upload sensor is held off by a day-long settle time so that only the
+    workflows launch runs."""
     home, media = tmp_path / "dagster_home", tmp_path / "media"
     home.mkdir()
     shutil.copy(ROOT / "resources" / "dagster" / "dagster.local.yaml", home / "dagster.yaml")
@@ -393,24 +395,35 @@ def dagster_dev(tmp_path: Path) -> Iterator[str]:
         "MEDIA_ROOT": str(media),
         "WORK_DIR": str(tmp_path / "work"),
         "UPLOAD_SETTLE_SECONDS": "86400",
+        "DAGSTER_GRAPHQL_TOKEN": TOKEN,
     }
     port = free_port()
-    log = (tmp_path / "dev.log").open("w")
-    cmd = [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(port)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    workspace = ["-w", str(ROOT / "workspace.yaml")]
+    commands = {
+        "daemon": [sys.executable, "-m", "dagster._daemon", "run", *workspace],
+        "webserver": [sys.executable, "-m", "influencer_pipeline.ops.webserver_auth", "-p", str(port), *workspace],
+    }
+    logs = {name: (tmp_path / f"{name}.log").open("w") for name in commands}
+    procs = [
+        subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=logs[name], stderr=subprocess.STDOUT, start_new_session=True)
+        for name, cmd in commands.items()
+    ]
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while not server_up(url):
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "dev.log").read_text()[-3000:]
+            tails = "\n".join((tmp_path / f"{name}.log").read_text()[-2000:] for name in commands)
+            assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, tails
             time.sleep(1)
         yield url
     finally:
-        for sig, grace in ((signal.SIGINT, 30), (signal.SIGKILL, 10)):
-            with suppress(ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(proc.pid, sig)
-                proc.wait(grace)
-        log.close()
+        for proc in procs:
+            for sig, grace in ((signal.SIGINT, 30), (signal.SIGKILL, 10)):
+                with suppress(ProcessLookupError, subprocess.TimeoutExpired):
+                    os.killpg(proc.pid, sig)
+                    proc.wait(grace)
+        for log in logs.values():
+            log.close()
 
 
 def server_up(url: str) -> bool:
@@ -435,6 +448,7 @@ def stop_automation(url: str) -> None:
     stopped = requests.post(
         f"{url}/graphql",
         json={"query": "mutation T($id: String) { stopSensor(id: $id) { __typename } }", "variables": sensor},
+        headers={"Authorization": f"Bearer {TOKEN}"},
         timeout=30,
     ).json()
     assert stopped["data"]["stopSensor"]["__typename"] == "StopSensorMutationResult", stopped
@@ -456,6 +470,7 @@ def graphql_exchanges(execution: replay.Execution) -> list[replay.Exchange]:
 def test_workflows_train_a_persona_and_make_its_day_on_a_real_dagster(dagster_dev: str) -> None:
     graphql_url = dagster_dev + "/graphql"
     stop_automation(dagster_dev)
+    assert_refused_without_the_token(replay.load("train-persona"), graphql_url)
     with endpoint() as receiver:
         overrides = {"Config": {"graphqlUrl": graphql_url, "pollSeconds": 2, "notifyUrl": receiver.url}}
         payload = {
@@ -486,6 +501,15 @@ def test_workflows_train_a_persona_and_make_its_day_on_a_real_dagster(dagster_de
         assert [operation(e.body) for e in graphql_exchanges(again)] == ["DailyContentInputs"]
         [(_, notification)] = receiver.received
         assert notification["status"] == "SKIPPED" and "already queued, running or done" in notification["reason"]
+
+
+def assert_refused_without_the_token(workflow: dict, graphql_url: str) -> None:
+    """The workflow's own launch request, sent without its credential, is refused and launches nothing."""
+    launch = next(spec for spec in replay.http_requests(workflow) if spec.graphql and "launchRun" in spec.graphql)
+    refused = requests.post(graphql_url, json={"query": launch.graphql, "variables": {}}, timeout=30)
+    assert refused.status_code == 401, refused.text
+    runs = requests.post(graphql_url, json={"query": "{ runsOrError { ... on Runs { count } } }"}, timeout=30)
+    assert runs.json()["data"]["runsOrError"]["count"] == 0
 
 
 def assert_trained(execution: replay.Execution, receiver: Endpoint) -> None:
