@@ -16,8 +16,10 @@ from influencer_pipeline.defs.partitions import calendar
 from influencer_pipeline.defs.resources import ImageEngineResource, MediaStoreResource, VoiceResource, WriterResource
 from influencer_pipeline.defs.training import GPU_OP_TAGS, deploy_latest_lora, lora_weights
 from influencer_pipeline.errors import InputError
-from influencer_pipeline.generation.base import GenerationRequest, LoraRef
+from influencer_pipeline.generation.base import ClipRequest, GenerationRequest, LoraRef
+from influencer_pipeline.generation.comfyui import ComfyUIEngine
 from influencer_pipeline.generation.grid import render_grid
+from influencer_pipeline.generation.workflows import svd_size
 from influencer_pipeline.media.keys import content_prefix, lora_manifest_key
 from influencer_pipeline.media.store import MediaStore
 from influencer_pipeline.personas import load_persona
@@ -163,6 +165,15 @@ class PostVideosConfig(dg.Config):
     scale: float = Field(1.0, gt=0, le=1, description="Render at this fraction of 1080p (drafts, tests).")
     music_key: str = Field("", description="Media-store key of a background track, ducked under the voice.")
     seconds_per_still: float = Field(0.0, ge=0, description="0: spread the stills over the voice-over.")
+    img2vid_clips: int = Field(
+        0,
+        ge=0,
+        le=5,
+        description="How many of each reel's first stills ComfyUI animates (svd-img2vid) instead of Ken Burns; "
+        "needs the ComfyUI engine and an SVD checkpoint. 0: Ken Burns only.",
+    )
+    img2vid_frames: int = Field(25, ge=2, le=128, description="Frames per clip (SVD-XT: 25).")
+    img2vid_fps: int = Field(6, ge=1, le=60, description="Clip frame rate; frames / fps is the clip's length.")
 
 
 @dg.asset(
@@ -189,6 +200,7 @@ def post_videos(
     work = Path(image_engine.work_dir) / slug / "reels" / day
     work.mkdir(parents=True, exist_ok=True)
     with user_errors_are_final():
+        animator = image_engine.get_animator("post_videos.img2vid_clips") if config.img2vid_clips else None
         persona = load_persona(store, slug)
         plan = read_plan(store, slug, day)
         speaker, aligner = voice.get_voice(persona.voice), voice.get_aligner()
@@ -196,6 +208,9 @@ def post_videos(
         rows, problems, thumb = [], [], b""
         for post in (p for p in plan.posts if p.format == "reel"):
             stills = [fetch(store, key, work) for key in post_image_keys(store, slug, day, post.id)]
+            clips = animate(animator, stills[: config.img2vid_clips], config, store, slug, day, post.id, work)
+            if clips:
+                context.log.info(f"{post.id}: {len(clips)} ComfyUI img2vid clip(s) open the reel")
             track = speaker.speak(post.voiceover, work / f"{post.id}-voice.wav")
             words, timing = word_timings(track, post.voiceover, aligner)
             context.log.info(
@@ -210,6 +225,7 @@ def post_videos(
                     height=even(aspect.height * config.scale),
                     music=music,
                     seconds_per_still=config.seconds_per_still or None,
+                    clips=clips,
                 )
                 output = work / f"{post.id}-{aspect.slug}.mp4"
                 report = render_reel(spec, output, work / "tmp", progress=context.log.info)
@@ -266,6 +282,36 @@ REEL_COLUMNS = [
     ("size_mb", "float"),
     ("render_s", "float"),
 ]
+
+
+def animate(
+    animator: ComfyUIEngine | None,
+    stills: list[Path],
+    config: PostVideosConfig,
+    store: MediaStore,
+    slug: str,
+    day: str,
+    post_id: str,
+    work: Path,
+) -> list[Path]:
+    """ComfyUI image-to-video for the given stills; each clip is kept in the media store next to the reels."""
+    if animator is None or not stills:
+        return []
+    requests = []
+    for path in stills:
+        width, height = svd_size(*Image.open(path).size)
+        requests.append(
+            ClipRequest(
+                path.read_bytes(), width=width, height=height, frames=config.img2vid_frames, fps=config.img2vid_fps
+            )
+        )
+    paths = []
+    for index, clip in enumerate(animator.animate(requests), start=1):
+        name = f"{post_id}-clip-{index}.webp"
+        store.write_bytes(content_prefix(slug, day) + f"clips/{name}", clip.webp)
+        paths.append(work / name)
+        paths[-1].write_bytes(clip.webp)
+    return paths
 
 
 def reel_row(post_id: str, aspect: str, timing: str, report: ReelReport) -> dict[str, object]:

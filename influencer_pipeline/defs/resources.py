@@ -16,7 +16,9 @@ from dagster_aws.s3 import S3Resource
 
 from influencer_pipeline.captions import BlipCaptioner, Captioner
 from influencer_pipeline.content.writers import TemplateWriter, Writer
+from influencer_pipeline.errors import InputError
 from influencer_pipeline.generation.base import ImageEngine
+from influencer_pipeline.generation.comfyui import ComfyUIEngine
 from influencer_pipeline.generation.consistency import ClipEmbedder, ColorLayoutEmbedder, Embedder
 from influencer_pipeline.media import LocalMediaStore, MediaStore, S3MediaStore
 from influencer_pipeline.training.base import Trainer
@@ -111,6 +113,7 @@ class ImageEngineResource(dg.ConfigurableResource):
     comfyui_checkpoint: str = "v1-5-pruned-emaonly.safetensors"
     comfyui_template: str = "sd15-lora-txt2img"
     comfyui_timeout_s: float = 600.0
+    comfyui_video_checkpoint: str = "svd_xt.safetensors"  # image-to-video (post_videos img2vid_clips)
     base_model: str = "tiny"  # embedded: "tiny" or a local diffusers SD1.5/SDXL folder
     device: str = "auto"
     work_dir: str = "work"
@@ -122,8 +125,6 @@ class ImageEngineResource(dg.ConfigurableResource):
 
     def get_engine(self) -> ImageEngine:
         if self.comfyui_url:
-            from influencer_pipeline.generation.comfyui import ComfyUIEngine
-
             loras = Path(self.comfyui_loras_dir) if self.comfyui_loras_dir else None
             return ComfyUIEngine(
                 self.comfyui_url,
@@ -131,10 +132,23 @@ class ImageEngineResource(dg.ConfigurableResource):
                 self.comfyui_checkpoint,
                 template=self.comfyui_template,
                 timeout_s=self.comfyui_timeout_s,
+                video_checkpoint=self.comfyui_video_checkpoint,
             )
         from influencer_pipeline.generation.embedded import EmbeddedImageEngine
 
         return EmbeddedImageEngine(self.base_model, cache_dir=Path(self.work_dir) / "models", device=self.device)
+
+    def get_animator(self, where: str) -> ComfyUIEngine:
+        """The engine that turns stills into clips: only ComfyUI does (SVD); the embedded engine makes stills."""
+        engine = self.get_engine()
+        if not isinstance(engine, ComfyUIEngine):
+            raise InputError(
+                where,
+                "image-to-video clips need the ComfyUI engine; the embedded engine only makes stills",
+                "set COMFYUI_URL (with an SVD checkpoint such as svd_xt.safetensors in ComfyUI's models/checkpoints, "
+                "named by COMFYUI_VIDEO_CHECKPOINT), or set img2vid_clips to 0 for Ken Burns motion",
+            )
+        return engine
 
     def get_embedder(self) -> Embedder:
         return ClipEmbedder(self.consistency_clip_model) if self.consistency_clip_model else ColorLayoutEmbedder()
@@ -258,6 +272,7 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
             comfyui_loras_dir=env("COMFYUI_LORAS_DIR", ""),
             comfyui_checkpoint=env("COMFYUI_CHECKPOINT", "v1-5-pruned-emaonly.safetensors"),
             comfyui_template=env("COMFYUI_TEMPLATE", "sd15-lora-txt2img"),
+            comfyui_video_checkpoint=env("COMFYUI_VIDEO_CHECKPOINT", "svd_xt.safetensors"),
             base_model=env("EMBEDDED_BASE_MODEL", "tiny"),
             device=env("IMAGE_DEVICE", "auto"),
             work_dir=work_dir,

@@ -34,6 +34,26 @@ class GeneratedImage:
     params: dict[str, Any] = field(default_factory=dict)  # prompt, seed, steps, cfg, sampler, loras, engine, ...
 
 
+@dataclass(frozen=True)
+class ClipRequest:
+    """One still to animate (image-to-video). Sizes are the clip's; the renderer crops it to each output aspect."""
+
+    still_png: bytes
+    seed: int | None = None
+    width: int = 576
+    height: int = 1024
+    frames: int = 25
+    fps: int = 6
+    motion: int = 127  # SVD motion_bucket_id: higher moves more
+    steps: int = 20
+
+
+@dataclass
+class GeneratedClip:
+    webp: bytes  # animated WEBP, as ComfyUI's SaveAnimatedWEBP writes it; ffmpeg reads it directly
+    params: dict[str, Any] = field(default_factory=dict)
+
+
 class ImageEngine(Protocol):
     name: str
 

@@ -7,10 +7,15 @@ only race-free signal); when the socket never connects or drops, `/history/{id}`
 `/queue` telling "still queued" from "lost". Every wait is bounded, and every failure becomes one
 `ComfyUIError` whose message says what failed and what to do. When the run is stopped (or fails) only our
 own prompts are cancelled: pending ones deleted from the queue, a running one interrupted by id.
+
+Image-to-video (`animate`) goes through the same queue: each still is uploaded to ComfyUI's input folder under
+its content hash (so a retry reuses the file), the `svd-img2vid` template is filled, and the animated WEBP that
+`SaveAnimatedWEBP` writes comes back as bytes.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -32,8 +37,16 @@ import requests
 import websocket
 
 from influencer_pipeline.errors import InputError
-from influencer_pipeline.generation.base import GeneratedImage, GenerationRequest
-from influencer_pipeline.generation.workflows import TEMPLATES_DIR, ServerChoices, build_txt2img, load_template
+from influencer_pipeline.generation.base import ClipRequest, GeneratedClip, GeneratedImage, GenerationRequest
+from influencer_pipeline.generation.workflows import (
+    TEMPLATES_DIR,
+    ServerChoices,
+    VideoRequest,
+    WorkflowTemplate,
+    build_img2vid,
+    build_txt2img,
+    load_template,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +54,7 @@ LORA_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pt2", ".bin", ".pth", ".sft
 LORA_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,150}$")
 SEED_LIMIT = 2**53  # random seeds stay exact in JSON read by JavaScript (n8n, the ComfyUI UI)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+UPLOAD_SUBFOLDER = "influencer"  # our stills in ComfyUI's input folder, apart from the user's own
 TICK_S = 0.1  # how often the wait loop checks should_stop and its deadline
 SAFETY_POLL_FACTOR = 10  # with a live socket, /history is still polled this many poll intervals apart
 
@@ -52,14 +66,14 @@ class ComfyUIError(RuntimeError):
 @dataclass
 class _Job:
     index: int
-    request: GenerationRequest
+    request: GenerationRequest | ClipRequest
     seed: int
     graph: dict[str, Any]
     prompt_id: str = ""
 
     @property
     def where(self) -> str:
-        return _where(self.index)
+        return _where(self.index) if isinstance(self.request, GenerationRequest) else _clip_where(self.index)
 
 
 class ComfyUIEngine:
@@ -87,6 +101,8 @@ class ComfyUIEngine:
         submit_retries: int = 3,
         retry_backoff_s: float = 1.0,
         templates_dir: Path = TEMPLATES_DIR,
+        video_checkpoint: str = "svd_xt.safetensors",
+        video_template: str = "svd-img2vid",
     ) -> None:
         if not re.match(r"^https?://[^/\s]+", url or ""):
             raise InputError("COMFYUI_URL", f"{url!r} is not an http(s) URL", "set it like http://127.0.0.1:8188")
@@ -96,6 +112,8 @@ class ComfyUIEngine:
         self.loras_dir = Path(loras_dir) if loras_dir is not None else None
         self.checkpoint = checkpoint
         self.template = load_template(template, templates_dir)
+        self.video_checkpoint = video_checkpoint
+        self._video_template = (video_template, templates_dir)
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.max_in_flight = max_in_flight
@@ -104,6 +122,11 @@ class ComfyUIEngine:
         self.submit_retries = submit_retries
         self.retry_backoff_s = retry_backoff_s
         self._http = requests.Session()
+
+    @functools.cached_property
+    def video_template(self) -> WorkflowTemplate:
+        """Loaded on first use: an engine that only makes stills needs no video template in its folder."""
+        return load_template(*self._video_template)
 
     # ----- LoRA deployment -------------------------------------------------------------------------------------
 
@@ -174,6 +197,74 @@ class ComfyUIEngine:
             return []
         choices = self._server_choices(need_loras=any(r.loras for r in requests))
         jobs = [self._prepare(index, request, choices) for index, request in enumerate(requests)]
+        return self._execute(jobs, progress, should_stop)
+
+    def animate(
+        self,
+        clips: list[ClipRequest],
+        progress: Callable[[int, int], None] = lambda done, total: None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> list[GeneratedClip]:
+        """Animate each still with the image-to-video template; clips (animated WEBP) in request order.
+        Every request is validated against the server before the first still is uploaded."""
+        if not clips:
+            return []
+        sampler = self._node_info("KSampler")
+        loader = "ImageOnlyCheckpointLoader"
+        choices = ServerChoices(
+            samplers=combo_options(sampler, "KSampler", "sampler_name"),
+            schedulers=combo_options(sampler, "KSampler", "scheduler"),
+            checkpoints=combo_options(self._node_info(loader), loader, "ckpt_name"),
+        )
+        seeds = [clip.seed if clip.seed is not None else secrets.randbelow(SEED_LIMIT) for clip in clips]
+        planned = [
+            (clip, seed, f"{UPLOAD_SUBFOLDER}/{_content_name(clip.still_png)}")
+            for clip, seed in zip(clips, seeds, strict=True)
+        ]
+        for index, (clip, seed, name) in enumerate(planned):
+            self._video_graph(index, clip, seed, name, choices)
+        jobs = []
+        for index, (clip, seed, name) in enumerate(planned):
+            uploaded = self.upload_image(clip.still_png, name.rpartition("/")[2], _clip_where(index))
+            jobs.append(_Job(index, clip, seed, self._video_graph(index, clip, seed, uploaded, choices)))
+        return self._execute(jobs, progress, should_stop)
+
+    def _video_graph(
+        self, index: int, clip: ClipRequest, seed: int, image: str, choices: ServerChoices
+    ) -> dict[str, Any]:
+        request = VideoRequest(
+            image=image,
+            seed=seed,
+            steps=clip.steps,
+            width=clip.width,
+            height=clip.height,
+            video_frames=clip.frames,
+            motion_bucket_id=clip.motion,
+            fps=clip.fps,
+        )
+        return build_img2vid(
+            self.video_template, request, checkpoint=self.video_checkpoint, choices=choices, where=_clip_where(index)
+        )
+
+    def upload_image(self, png: bytes, name: str, where: str) -> str:
+        """Put a still in ComfyUI's input folder; returns the name `LoadImage` takes, which is the one ComfyUI
+        answers with (it renames a file whose name exists with other content)."""
+        files = {"image": (name, png, "image/png")}
+        form = {"type": "input", "subfolder": UPLOAD_SUBFOLDER, "overwrite": "false"}
+        response = self._call("POST", "/upload/image", f"uploading the still for {where}", files=files, data=form)
+        if response.status_code != 200:
+            raise ComfyUIError(
+                f"ComfyUI answered HTTP {response.status_code} to uploading the still for {where}: "
+                f"{_snippet(response)}. Check that ComfyUI's input folder is writable and the upload size limit"
+            )
+        payload = _json_body(response)
+        if not isinstance(payload.get("name"), str) or not payload["name"]:
+            raise ComfyUIError(f"ComfyUI's answer to uploading the still for {where} has no file name: {payload}")
+        return "/".join(part for part in (str(payload.get("subfolder") or ""), payload["name"]) if part)
+
+    def _execute(
+        self, jobs: list[_Job], progress: Callable[[int, int], None], should_stop: Callable[[], bool]
+    ) -> list[Any]:
         client_id = uuid.uuid4().hex
         with _Watcher(self, client_id) as watcher:
             return self._run(jobs, client_id, watcher, progress, should_stop)
@@ -201,10 +292,10 @@ class ComfyUIEngine:
         watcher: _Watcher,
         progress: Callable[[int, int], None],
         should_stop: Callable[[], bool],
-    ) -> list[GeneratedImage]:
+    ) -> list[Any]:
         pending = deque(jobs)
         in_flight: dict[str, _Job] = {}
-        results: list[GeneratedImage | None] = [None] * len(jobs)
+        results: list[GeneratedImage | GeneratedClip | None] = [None] * len(jobs)
         done = 0
         deadline = time.monotonic() + self.timeout_s
         try:
@@ -282,7 +373,7 @@ class ComfyUIEngine:
                 "Is COMFYUI_URL pointing at ComfyUI itself (not a proxy or its UI)?"
             )
 
-    def _collect(self, job: _Job, entry: dict[str, Any]) -> GeneratedImage:
+    def _collect(self, job: _Job, entry: dict[str, Any]) -> GeneratedImage | GeneratedClip:
         """Turn a finished prompt's history entry into the image, or into the error it ended with."""
         status = entry.get("status") or {}
         messages = [m for m in status.get("messages") or [] if isinstance(m, list) and len(m) == 2]
@@ -302,6 +393,8 @@ class ComfyUIEngine:
                 "Check the ComfyUI console"
             )
         image = first_output_file(entry.get("outputs") or {})
+        if isinstance(job.request, ClipRequest):
+            return self._collect_clip(job, image)
         if image is None:
             raise ComfyUIError(
                 f"ComfyUI finished {job.where} (prompt {job.prompt_id}) without an output image. The workflow "
@@ -315,6 +408,32 @@ class ComfyUIEngine:
             )
         return GeneratedImage(png=png, params=self._params(job))
 
+    def _collect_clip(self, job: _Job, output: dict[str, Any] | None) -> GeneratedClip:
+        webp = self._download(output, job.where) if output is not None else b""
+        if not (webp[:4] == b"RIFF" and webp[8:12] == b"WEBP"):
+            found = repr(output["filename"]) if output is not None else "nothing"
+            raise ComfyUIError(
+                f"ComfyUI's output for {job.where} (prompt {job.prompt_id}) is {found}, not an animated WEBP. The "
+                f"workflow template {self.video_template.name!r} must end in a SaveAnimatedWEBP node"
+            )
+        clip = job.request
+        assert isinstance(clip, ClipRequest)
+        params = {
+            "seed": job.seed,
+            "steps": clip.steps,
+            "width": clip.width,
+            "height": clip.height,
+            "frames": clip.frames,
+            "fps": clip.fps,
+            "motion": clip.motion,
+            "checkpoint": self.video_checkpoint,
+            "engine": self.name,
+            "workflow": self.video_template.name,
+            "workflow_hash": self.video_template.hash,
+            "prompt_id": job.prompt_id,
+        }
+        return GeneratedClip(webp=webp, params=params)
+
     def _download(self, image: dict[str, Any], where: str) -> bytes:
         params = {"filename": image["filename"], "subfolder": image.get("subfolder", ""), "type": image.get("type")}
         response = self._call("GET", "/view", f"downloading {image['filename']} for {where}", params=params)
@@ -327,6 +446,7 @@ class ComfyUIEngine:
 
     def _params(self, job: _Job) -> dict[str, Any]:
         request = job.request
+        assert isinstance(request, GenerationRequest)
         return {
             "prompt": request.prompt,
             "negative_prompt": request.negative_prompt,
@@ -399,12 +519,16 @@ class ComfyUIEngine:
         *,
         json_body: Any = None,
         params: dict[str, Any] | None = None,
+        files: dict[str, Any] | None = None,
+        data: dict[str, str] | None = None,
         read_timeout: float | None = None,
     ) -> requests.Response:
         """One bounded HTTP call; connection problems and timeouts become errors that say what to check."""
         timeout = (self.connect_timeout_s, read_timeout or self.timeout_s)
         try:
-            return self._http.request(method, self.url + path, json=json_body, params=params, timeout=timeout)
+            return self._http.request(
+                method, self.url + path, json=json_body, params=params, files=files, data=data, timeout=timeout
+            )
         except requests.ConnectTimeout as exc:
             raise ComfyUIError(self._unreachable(what, f"no answer within {self.connect_timeout_s:g} s")) from exc
         except requests.ConnectionError as exc:
@@ -625,6 +749,15 @@ def first_output_file(outputs: dict[str, Any]) -> dict[str, Any] | None:
 def _where(index: int) -> str:
     """How errors name a request: 1-based, as a person counts the images of a plan."""
     return f"generation request {index + 1}"
+
+
+def _clip_where(index: int) -> str:
+    return f"clip {index + 1}"
+
+
+def _content_name(png: bytes) -> str:
+    """Named by content: an identical still maps to the same file in ComfyUI, a changed one to a new file."""
+    return f"still-{hashlib.sha256(png).hexdigest()[:20]}.png"
 
 
 def _queue_ids(payload: dict[str, Any], key: str) -> set[str]:

@@ -193,6 +193,13 @@ def build_img2vid(
     return graph
 
 
+def svd_size(width: int, height: int, long_side: int = 1024) -> tuple[int, int]:
+    """SVD's frame size for a still of this shape: the long side at 1024 (what SVD was trained at), both sides
+    multiples of 64, so the clip keeps the still's framing and the renderer crops as little as possible."""
+    scale = long_side / max(width, height)
+    return tuple(max(64, round(side * scale / 64) * 64) for side in (width, height))  # type: ignore[return-value]
+
+
 def validate_request(
     request: GenerationRequest, *, seed: int, choices: ServerChoices | None = None, where: str
 ) -> None:

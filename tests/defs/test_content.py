@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import UTC, datetime
 
 import dagster as dg
+from PIL import Image, ImageStat
 
 from influencer_pipeline.content.plan import ContentPlan
 from influencer_pipeline.definitions import defs
@@ -17,9 +19,11 @@ from influencer_pipeline.defs.resources import (
 )
 from influencer_pipeline.defs.schedules import content_calendar
 from influencer_pipeline.media import LocalMediaStore
+from influencer_pipeline.video import thumbnail
 from tests.content.llm_standin import LLMStandin, Status
 from tests.defs.conftest import DAY, key, media
 from tests.defs.test_datasets import failure_text
+from tests.generation.comfy_standin import ComfyStandin
 
 
 def run(store, assets, writer=None, run_config=None, partition=None):
@@ -150,3 +154,65 @@ def test_post_videos_render_checked_reels_with_voice_and_subtitles(trained) -> N
     assert videos == [f"personas/ava/content/2026-11-21/videos/{reels[0].id}-9x16.mp4"]
     evaluations = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
     assert sorted((e.check_name, e.passed) for e in evaluations) == [("brand_safety", True), ("reels_valid", True)]
+
+
+def test_post_videos_open_reels_with_a_comfyui_img2vid_clip(trained, tmp_path) -> None:
+    day = "2026-11-22"
+    work = str(trained.root.parent / "work")
+    images = {"post_images": {"config": {"steps": 2, "image_size": 256, "reel_width": 256, "reel_height": 448}}}
+    made = run(trained, [content_plan, post_images], run_config=dg.RunConfig(ops=images), partition=key(day=day))
+    assert made.success, failure_text(made)
+    clips = {"img2vid_clips": 1, "img2vid_frames": 12, "img2vid_fps": 6}
+    with ComfyStandin(output_dir=tmp_path / "comfy" / "output") as comfy, dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("personas", ["ava"])
+        result = dg.materialize(
+            [post_videos],
+            partition_key=key(day=day),
+            instance=instance,
+            resources={
+                "media": media(trained),
+                "image_engine": ImageEngineResource(comfyui_url=comfy.url, work_dir=work),
+                "voice": VoiceResource(),
+            },
+            run_config=dg.RunConfig(ops={"post_videos": {"config": {"scale": 0.2, **clips}}}),
+            raise_on_error=False,
+        )
+        [upload] = comfy.received("POST", "/upload/image")
+        [run_] = comfy.runs.values()
+    assert result.success, failure_text(result)
+    plan = ContentPlan.model_validate_json(trained.read_bytes(f"personas/ava/content/{day}/plan.json"))
+    reel = next(p for p in plan.posts if p.format == "reel")
+    first_still = trained.read_bytes(f"personas/ava/content/{day}/images/{reel.id}-0.png")
+    assert first_still in upload.body, "the reel's first still is what ComfyUI animates"
+    conditioning = next(n["inputs"] for n in run_.graph.values() if n["class_type"] == "SVD_img2vid_Conditioning")
+    assert (conditioning["width"], conditioning["height"], conditioning["video_frames"]) == (576, 1024, 12)
+    clip = trained.read_bytes(f"personas/ava/content/{day}/clips/{reel.id}-clip-1.webp")
+    clip_colour = Image.open(io.BytesIO(clip)).convert("RGB").getpixel((0, 0))
+    video = trained.root / f"personas/ava/content/{day}/videos/{reel.id}-9x16.mp4"
+    opening = Image.open(io.BytesIO(thumbnail(video, at_s=0.0))).convert("RGB")
+    top = opening.crop((0, 0, opening.width, opening.height // 3))  # above the subtitles
+    assert max(abs(a - b) for a, b in zip(ImageStat.Stat(top).mean, clip_colour, strict=True)) < 12, (
+        "the reel opens on the clip's frames, not on Ken Burns over the still"
+    )
+    assert max(ImageStat.Stat(top).stddev) < 6
+
+
+def test_img2vid_without_comfyui_fails_at_once_with_the_fix(trained) -> None:
+    config = {"post_videos": {"config": {"img2vid_clips": 1}}}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("personas", ["ava"])
+        result = dg.materialize(
+            [post_videos],
+            partition_key=key(day="2026-11-20"),
+            instance=instance,
+            resources={
+                "media": media(trained),
+                "image_engine": ImageEngineResource(work_dir=str(trained.root.parent / "work")),
+                "voice": VoiceResource(),
+            },
+            run_config=dg.RunConfig(ops=config),
+            raise_on_error=False,
+        )
+    assert not result.success
+    text = failure_text(result)
+    assert "post_videos.img2vid_clips: image-to-video clips need the ComfyUI engine" in text and "COMFYUI_URL" in text

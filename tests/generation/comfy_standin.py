@@ -14,6 +14,8 @@ Everything runs on threads, so tests stay synchronous.
 from __future__ import annotations
 
 import contextlib
+import email.parser
+import email.policy
 import http.server
 import io
 import json
@@ -127,7 +129,7 @@ class ComfyStandin:
     loras_dir: Path | None = None
     seconds_per_image: float = 0.05
     checkpoints: tuple[str, ...] = CHECKPOINTS
-    input_images: tuple[str, ...] = ("example.png",)
+    input_images: tuple[str, ...] = ("example.png",)  # files already in input/; uploads are added
     websocket_enabled: bool = True
     hang: bool = False
     view_delay_s: float = 0.0
@@ -147,6 +149,8 @@ class ComfyStandin:
         self._counter = 0
         self._files = 0
         self._submit_failures: tuple[int, int] = (0, 500)
+        self._upload_failures: tuple[int, int] = (0, 500)
+        self._uploaded: list[str] = []
         self._failure: _Failure | None = None
         self._drop_after: int | None = None
         self._listener: socket.socket | None = None
@@ -190,6 +194,10 @@ class ComfyStandin:
     def fail_submits(self, times: int, status: int = 500) -> None:
         """The next `times` POST /prompt calls answer `status` without queueing anything."""
         self._submit_failures = (times, status)
+
+    def fail_uploads(self, times: int, status: int = 500) -> None:
+        """The next `times` POST /upload/image calls answer `status` without storing anything."""
+        self._upload_failures = (times, status)
 
     def fail_execution(
         self,
@@ -278,7 +286,7 @@ class ComfyStandin:
                 output_node=True,
             ),
             _node("ImageOnlyCheckpointLoader", {"ckpt_name": ckpt}, ["MODEL", "CLIP_VISION", "VAE"]),
-            _node("LoadImage", {"image": [list(self.input_images), {"image_upload": True}]}, ["IMAGE", "MASK"]),
+            _node("LoadImage", {"image": [self._input_files(), {"image_upload": True}]}, ["IMAGE", "MASK"]),
             _node(
                 "SVD_img2vid_Conditioning",
                 {
@@ -310,6 +318,46 @@ class ComfyStandin:
             ),
         ]
         return {node["name"]: node for node in nodes}
+
+    def _input_files(self) -> list[str]:
+        with self._lock:
+            return sorted({*self.input_images, *self._uploaded})
+
+    @property
+    def input_dir(self) -> Path:
+        return self.output_dir.parent / "input"
+
+    # ----- POST /upload/image ----------------------------------------------------------------------------------
+
+    def upload_image(self, content_type: str, raw: bytes) -> tuple[int, Any]:
+        """Like `server.py` `upload_image`: the `image` part must have a file name; an existing name with other
+        bytes is saved as `name (1).ext` unless `overwrite`; the answer's `name` is what LoadImage must use."""
+        with self._lock:
+            times, status = self._upload_failures
+            if times > 0:
+                self._upload_failures = (times - 1, status)
+                return status, "upload failed (stand-in)"
+        parts = _multipart(content_type, raw)
+        if "image" not in parts or not parts["image"][0]:
+            return 400, "400: Bad Request"
+        filename, data = parts["image"]
+        text = {name: value.decode() for name, (_, value) in parts.items() if name != "image"}
+        kind, subfolder = text.get("type") or "input", text.get("subfolder", "")
+        root = self.input_dir.resolve()
+        folder = (root / subfolder).resolve()
+        if kind != "input" or not folder.is_relative_to(root) or "/" in filename or ".." in filename:
+            return 400, "400: Bad Request"
+        folder.mkdir(parents=True, exist_ok=True)
+        name, counter = filename, 1
+        stem, dot, suffix = filename.rpartition(".")
+        while text.get("overwrite") not in ("true", "1") and (folder / name).is_file():
+            if (folder / name).read_bytes() == data:
+                break
+            name, counter = f"{stem} ({counter}){dot}{suffix}", counter + 1
+        (folder / name).write_bytes(data)
+        with self._lock:
+            self._uploaded.append(f"{subfolder}/{name}" if subfolder else name)
+        return 200, {"name": name, "subfolder": subfolder, "type": kind}
 
     def _lora_files(self) -> list[str]:
         if self.loras_dir is None or not self.loras_dir.is_dir():
@@ -688,6 +736,9 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
+        if (method, path) == ("POST", "/upload/image"):
+            standin.requests.append(Received(method, path, query, raw, time.monotonic()))
+            return self._reply(*standin.upload_image(self.headers.get("Content-Type", ""), raw))
         try:
             body = json.loads(raw) if raw else None
         except json.JSONDecodeError:
@@ -742,6 +793,21 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
 
 def _error(kind: str, message: str, details: str) -> dict[str, Any]:
     return {"type": kind, "message": message, "details": details, "extra_info": {}}
+
+
+def _multipart(content_type: str, raw: bytes) -> dict[str, tuple[str | None, bytes]]:
+    """A multipart/form-data body as {field name: (file name, bytes)}; empty when it is not multipart."""
+    if not content_type.startswith("multipart/form-data"):
+        return {}
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + raw
+    )
+    fields: dict[str, tuple[str | None, bytes]] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if name:
+            fields[str(name)] = (part.get_filename(), part.get_payload(decode=True) or b"")
+    return fields
 
 
 def _is_canonical_uuid(value: str) -> bool:
@@ -877,8 +943,13 @@ def _render(graph: dict[str, Any]) -> tuple[bytes, str]:
     width, height = int(sized["width"]), int(sized["height"])
     buffer = io.BytesIO()
     if any(n["class_type"] == "SaveAnimatedWEBP" for n in nodes):
-        frames = [Image.new("RGB", (width // 8, height // 8), colour) for _ in range(2)]
-        frames[0].save(buffer, format="WEBP", save_all=True, append_images=frames[1:], duration=100)
+        video = next(n["inputs"] for n in nodes if n["class_type"] == "SVD_img2vid_Conditioning")
+        size = (max(width // 8, 2), max(height // 8, 2))
+        frames = [
+            Image.new("RGB", size, tuple((c + 9 * i) % 256 for c in colour)) for i in range(video["video_frames"])
+        ]
+        duration = round(1000 / video["fps"])
+        frames[0].save(buffer, format="WEBP", save_all=True, append_images=frames[1:], duration=duration, loop=0)
         return buffer.getvalue(), "webp"
     Image.new("RGB", (width, height), colour).save(buffer, format="PNG")
     return buffer.getvalue(), "png"

@@ -4,6 +4,7 @@ and every failure mode ending in a clear error or a successful retry, never a ha
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import itertools
 import json
@@ -20,7 +21,7 @@ import websocket
 from PIL import Image
 
 from influencer_pipeline.errors import InputError
-from influencer_pipeline.generation.base import GenerationRequest, LoraRef
+from influencer_pipeline.generation.base import ClipRequest, GenerationRequest, LoraRef
 from influencer_pipeline.generation.comfyui import ComfyUIEngine, ComfyUIError, combo_options, describe_rejection
 from influencer_pipeline.generation.workflows import build_txt2img, load_template
 from tests.generation.comfy_standin import ComfyStandin, Run
@@ -528,3 +529,89 @@ def test_combo_options_reads_both_object_info_shapes() -> None:
     assert combo_options(v3, "LoraLoader", "lora_name") == ["a.safetensors"]
     with pytest.raises(ComfyUIError, match="no option list"):
         combo_options({"input": {"required": {}}}, "LoraLoader", "lora_name")
+
+
+# ----- image-to-video (svd-img2vid) ------------------------------------------------------------------------------
+
+
+def still(colour: tuple[int, int, int], size: tuple[int, int] = (96, 160)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_stills_are_uploaded_and_come_back_as_animated_clips(standin: ComfyStandin) -> None:
+    stills = [still((200, 40, 40)), still((40, 200, 40))]
+    clips = make_engine(standin).animate(
+        [ClipRequest(stills[0], seed=5, frames=8, fps=8), ClipRequest(stills[1], frames=4, width=512, height=896)]
+    )
+
+    uploads = standin.received("POST", "/upload/image")
+    assert len(uploads) == 2
+    for upload, data, clip in zip(uploads, stills, clips, strict=True):
+        assert data in upload.body, "the still's bytes are sent as the multipart file"
+        run = standin.runs[clip.params["prompt_id"]]
+        [image_name] = [n["inputs"]["image"] for n in run.graph.values() if n["class_type"] == "LoadImage"]
+        assert image_name.startswith("influencer/still-") and (standin.input_dir / image_name).read_bytes() == data
+        frames = Image.open(io.BytesIO(clip.webp))
+        assert frames.format == "WEBP" and getattr(frames, "is_animated", False)
+        assert frames.n_frames == clip.params["frames"]
+    assert clips[0].params["seed"] == 5 and clips[0].params["workflow"] == "svd-img2vid"
+    assert clips[1].params["frames"] == 4 and clips[1].params["checkpoint"] == "svd_xt.safetensors"
+    conditioning = next(
+        n["inputs"]
+        for n in standin.runs[clips[1].params["prompt_id"]].graph.values()
+        if n["class_type"] == "SVD_img2vid_Conditioning"
+    )
+    assert (conditioning["width"], conditioning["height"], conditioning["video_frames"]) == (512, 896, 4)
+
+
+def test_the_same_still_twice_is_one_file_in_comfyui(standin: ComfyStandin) -> None:
+    data = still((10, 20, 30))
+    engine = make_engine(standin)
+    engine.animate([ClipRequest(data, seed=1, frames=2)])
+    engine.animate([ClipRequest(data, seed=2, frames=2)])
+    assert len(list((standin.input_dir / "influencer").iterdir())) == 1
+
+
+def test_a_renamed_upload_is_loaded_under_the_name_comfyui_answered(standin: ComfyStandin) -> None:
+    data = still((1, 2, 3))
+    engine = make_engine(standin)
+    taken = standin.input_dir / "influencer" / f"still-{hashlib.sha256(data).hexdigest()[:20]}.png"
+    taken.parent.mkdir(parents=True)
+    taken.write_bytes(b"someone else's file under that name")
+    [clip] = engine.animate([ClipRequest(data, frames=2)])
+    run = standin.runs[clip.params["prompt_id"]]
+    [image_name] = [n["inputs"]["image"] for n in run.graph.values() if n["class_type"] == "LoadImage"]
+    assert image_name.endswith(" (1).png") and (standin.input_dir / image_name).read_bytes() == data
+    assert taken.read_bytes() == b"someone else's file under that name", "never overwritten"
+
+
+def test_a_missing_video_checkpoint_fails_before_anything_is_uploaded(standin: ComfyStandin) -> None:
+    engine = make_engine(standin, video_checkpoint="svd_missing.safetensors")
+    with pytest.raises(InputError, match=r"svd_missing\.safetensors"):
+        engine.animate([ClipRequest(still((0, 0, 0)))])
+    assert not standin.received("POST", "/upload/image") and not standin.runs
+
+
+def test_a_failed_upload_or_a_failed_clip_is_a_clear_error(standin: ComfyStandin) -> None:
+    engine = make_engine(standin)
+    standin.fail_uploads(1, status=413)
+    with pytest.raises(ComfyUIError, match="HTTP 413 to uploading the still for clip 1"):
+        engine.animate([ClipRequest(still((0, 0, 1)), frames=2)])
+    standin.fail_execution("SVD_img2vid_Conditioning", "CUDA out of memory", "torch.OutOfMemoryError")
+    with pytest.raises(ComfyUIError, match=r"clip 1 .* \(SVD_img2vid_Conditioning\): torch.OutOfMemoryError"):
+        engine.animate([ClipRequest(still((0, 0, 2)), frames=2)])
+
+
+def test_a_template_that_saves_stills_is_refused_for_clips(standin: ComfyStandin, tmp_path: Path) -> None:
+    template = json.loads((Path(__file__).resolve().parents[2] / "comfy_workflows" / "svd-img2vid.json").read_text())
+    template["7"] = {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "x"}}
+    folder = tmp_path / "templates"
+    folder.mkdir()
+    for name in ("sd15-lora-txt2img", "svd-img2vid"):
+        source = Path(__file__).resolve().parents[2] / "comfy_workflows" / f"{name}.json"
+        (folder / f"{name}.json").write_text(json.dumps(template) if name == "svd-img2vid" else source.read_text())
+    engine = make_engine(standin, templates_dir=folder)
+    with pytest.raises(ComfyUIError, match=r"not an animated WEBP.*must end in a SaveAnimatedWEBP node"):
+        engine.animate([ClipRequest(still((3, 3, 3)), frames=2)])
