@@ -49,5 +49,20 @@ def celery_executor_from_env() -> dg.ExecutorDefinition:
 
 
 def k8s_executor_from_env() -> dg.ExecutorDefinition:
-    """Step pods in the run's namespace with the run pod's image and env (K8sRunLauncher's container context)."""
-    return k8s_job_executor.configured({"max_concurrent": 8}, name="k8s")
+    """One Kubernetes Job per step (`k8s_job_executor`); needs the instance's K8sRunLauncher
+    (resources/k8s/dagster.k8s.yaml), whose namespace, image, service account, labels and env the step pods take.
+
+    The namespace is deliberately not set here: it comes from the launcher's `job_namespace`, so runs and their
+    steps cannot end up in different namespaces, and importing the code needs no Kubernetes env var.
+    """
+    # dagster-k8s merges the run pod's settings (the launcher's `run_k8s_config`, sized for a worker that only
+    # orchestrates) into every step pod, so steps set each of those keys here. CPU steps render video (ffmpeg),
+    # caption and align speech; GPU steps deep-merge GPU_OP_TAGS's `dagster-k8s/config` over this (a GPU, more RAM).
+    step_resources = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}}
+    return k8s_job_executor.configured(
+        {
+            "max_concurrent": 8,  # step pods of one run at a time; the `gpu` pool still bounds GPU steps across runs
+            "step_k8s_config": {"container_config": {"resources": step_resources}},
+        },
+        name="k8s",
+    )
