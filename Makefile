@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/comfy_queue.py
 	$(BIN)/python bench/video.py
+	$(BIN)/python bench/launch.py
 
 snapshot: $(STAMP)
 	UPDATE_SNAPSHOTS=1 $(BIN)/pytest tests/defs/test_definitions.py
