@@ -15,8 +15,6 @@ change (docs/DEPLOYMENT.md).
 import os
 
 import dagster as dg
-from dagster_celery import celery_executor
-from dagster_k8s import k8s_job_executor
 
 from influencer_pipeline.errors import InputError
 
@@ -39,6 +37,8 @@ def executor_from_env() -> dg.ExecutorDefinition:
 
 def celery_executor_from_env() -> dg.ExecutorDefinition:
     """Broker and result backend from env vars, so the same URLs reach the run worker and the Celery workers."""
+    from dagster_celery import celery_executor  # imported on demand: every process loading the code pays imports
+
     return celery_executor.configured(
         {
             "broker": {"env": "CELERY_BROKER_URL"},
@@ -58,6 +58,8 @@ def k8s_executor_from_env() -> dg.ExecutorDefinition:
     # dagster-k8s merges the run pod's settings (the launcher's `run_k8s_config`, sized for a worker that only
     # orchestrates) into every step pod, so steps set each of those keys here. CPU steps render video (ffmpeg),
     # caption and align speech; GPU steps deep-merge GPU_OP_TAGS's `dagster-k8s/config` over this (a GPU, more RAM).
+    from dagster_k8s import k8s_job_executor  # ~0.2 s (the kubernetes client): only k8s deployments pay it
+
     step_resources = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}}
     return k8s_job_executor.configured(
         {

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import io
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
 
 def render_loss_curve(losses: list[tuple[int, float]]) -> bytes:
     """A 600x300 PNG of loss per step, with a moving average once there are enough steps to be noisy."""
+    # Imported here: matplotlib takes ~0.3 s to import, which every step process of every run would pay when it
+    # loads the code location (bench/launch.py measures that start-up); only lora_weights draws.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(6, 3), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
