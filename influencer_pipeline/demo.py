@@ -103,7 +103,7 @@ def main() -> None:
     config = {"ops": {"published_posts": {"config": {"only_due": False}}}}
     publish_run, publish_s = run_job(instance, "publish_posts", partition, config)
     outbox = Path(defs.resources["publishing"].outbox_dir)
-    bundles = sorted(p.parent for p in outbox.glob("*/*/PUBLISHED"))
+    bundles = sorted(p.parent for p in outbox.glob(f"{PERSONA}/*/*/PUBLISHED"))
     print(f"publish run {publish_run} succeeded in {publish_s:.1f} s: {len(bundles)} post bundles")
     for bundle in bundles:
         print(f"  {bundle}")

@@ -44,7 +44,8 @@ class PublishingResource(dg.ConfigurableResource):
 
     def publisher_and_token(self, platform: str, persona: str, store: MediaStore):
         if self.mode == "outbox":
-            return OutboxPublisher(Path(self.outbox_dir)), (lambda: ""), f"outbox:{persona}:{platform}"
+            # One folder per persona: post ids are per persona and day, so two personas share them.
+            return OutboxPublisher(Path(self.outbox_dir) / persona), (lambda: ""), f"outbox:{persona}:{platform}"
         from influencer_pipeline.accounts import Accounts
         from influencer_pipeline.publishing.live import live_publisher
 

@@ -15,7 +15,8 @@ from influencer_pipeline.content.plan import ContentPlan, PlannedPost
 from influencer_pipeline.defs.content import content_plan, post_images, post_videos
 from influencer_pipeline.defs.publishing import PublishingResource, due_posts_sensor, published_posts
 from influencer_pipeline.defs.resources import ImageEngineResource, VoiceResource, WriterResource
-from influencer_pipeline.publishing.ledger import Ledger
+from influencer_pipeline.publishing.base import PostMedia, PublishRequest
+from influencer_pipeline.publishing.ledger import Ledger, media_sha256
 from tests.defs.conftest import key, media
 from tests.defs.test_datasets import failure_text
 from tests.publishing.youtube_standin import YouTubeStandin
@@ -69,10 +70,10 @@ def test_a_day_is_published_to_the_outbox_once_even_when_run_twice(trained, tmp_
     pairs -= blocked
     assert meta["published"] == len(pairs) and meta["failed"] == 0 and meta["mode"] == "outbox"
     assert meta["brand_safety_max_score"] < 0.5
-    bundles = {(d.parent.name, d.name) for d in outbox.glob("*/*") if (d / "PUBLISHED").exists()}
+    bundles = {(d.parent.name, d.name) for d in outbox.glob("ava/*/*") if (d / "PUBLISHED").exists()}
     assert bundles == pairs
     reel = next(p for p in plan["posts"] if p["format"] == "reel")
-    bundle = outbox / reel["id"] / reel["platforms"][0]
+    bundle = outbox / "ava" / reel["id"] / reel["platforms"][0]
     assert (bundle / "caption.txt").read_text().startswith(reel["captions"][reel["platforms"][0]].strip()[:20])
     assert any(f.suffix == ".mp4" for f in bundle.iterdir())
 
@@ -185,3 +186,29 @@ def make_reel(path) -> None:
         ],
         check=True,
     )
+
+
+def test_two_personas_with_the_same_post_id_get_their_own_outbox_bundles(tmp_path) -> None:
+    """Post ids are per persona and day (`2026-11-19-1`): a second persona's post is its own bundle, not a
+    "published" reading of the first persona's marker."""
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"\xff\xd8 not really a jpeg, the outbox only copies it")
+    publishing = PublishingResource(outbox_dir=str(tmp_path / "outbox"), work_dir=str(tmp_path / "work"))
+    released = {}
+    for persona in ("ava", "bob"):
+        publisher, token, account = publishing.publisher_and_token("instagram", persona, store=None)
+        request = PublishRequest(
+            post_id=f"{DAY}-1",
+            platform="instagram",
+            account_id=account,
+            format="image",
+            caption=f"{persona}'s caption",
+            media=(PostMedia(photo, "image", media_sha256(photo)),),
+        )
+        handle = publisher.prepare(request, token())
+        publisher.wait_ready(handle, token())
+        released[persona] = publisher.commit(handle, request, token())
+    assert released["ava"].permalink != released["bob"].permalink
+    for persona in ("ava", "bob"):
+        bundle = tmp_path / "outbox" / persona / f"{DAY}-1" / "instagram"
+        assert (bundle / "PUBLISHED").is_file() and (bundle / "caption.txt").read_text() == f"{persona}'s caption"
