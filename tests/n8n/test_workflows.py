@@ -27,6 +27,7 @@ import pytest
 import requests
 from dagster_graphql.schema import create_schema
 
+from influencer_pipeline.content.plan import ContentPlan
 from influencer_pipeline.notify import signed_headers
 from tests.conftest import free_port
 from tests.n8n import replay
@@ -385,17 +386,22 @@ def test_train_persona_reports_graphql_errors_and_an_unreachable_dagster() -> No
 def dagster_dev(tmp_path: Path) -> Iterator[str]:
     """dagster-daemon and `influencer_pipeline.ops.webserver_auth` (DAGSTER_GRAPHQL_TOKEN=TOKEN) on loopback, with the
     sample persona uploaded as `ava`; the upload sensor is held off by a day-long settle time so that only the
-    workflows launch runs."""
+    workflows launch runs. Ava posts at 00:00 and 00:01 UTC here, so today's posts are due once they are made and
+    the due-posts sensor publishes them (to the outbox) while the test watches."""
     home, media = tmp_path / "dagster_home", tmp_path / "media"
     home.mkdir()
     shutil.copy(ROOT / "resources" / "dagster" / "dagster.local.yaml", home / "dagster.yaml")
     shutil.copytree(ROOT / "resources" / "personas" / "ava", media / "uploads" / "ava")
+    persona = media / "uploads" / "ava" / "persona.yaml"
+    text = persona.read_text().replace("timezone: Europe/Rome", "timezone: UTC")
+    persona.write_text(text.replace('posting_times: ["09:30", "18:00"]', 'posting_times: ["00:00", "00:01"]'))
     env = os.environ | {
         "DAGSTER_HOME": str(home),
         "MEDIA_ROOT": str(media),
         "WORK_DIR": str(tmp_path / "work"),
         "UPLOAD_SETTLE_SECONDS": "86400",
         "DAGSTER_GRAPHQL_TOKEN": TOKEN,
+        "OUTBOX_DIR": str(tmp_path / "outbox"),
     }
     port = free_port()
     workspace = ["-w", str(ROOT / "workspace.yaml")]
@@ -467,7 +473,7 @@ def graphql_exchanges(execution: replay.Execution) -> list[replay.Exchange]:
 
 @pytest.mark.slow
 @needs_node
-def test_workflows_train_a_persona_and_make_its_day_on_a_real_dagster(dagster_dev: str) -> None:
+def test_workflows_train_a_persona_and_make_its_day_on_a_real_dagster(dagster_dev: str, tmp_path: Path) -> None:
     graphql_url = dagster_dev + "/graphql"
     stop_automation(dagster_dev)
     assert_refused_without_the_token(replay.load("train-persona"), graphql_url)
@@ -501,6 +507,7 @@ def test_workflows_train_a_persona_and_make_its_day_on_a_real_dagster(dagster_de
         assert [operation(e.body) for e in graphql_exchanges(again)] == ["DailyContentInputs"]
         [(_, notification)] = receiver.received
         assert notification["status"] == "SKIPPED" and "already queued, running or done" in notification["reason"]
+    assert_published(dagster_dev, tmp_path)
 
 
 def assert_refused_without_the_token(workflow: dict, graphql_url: str) -> None:
@@ -510,6 +517,38 @@ def assert_refused_without_the_token(workflow: dict, graphql_url: str) -> None:
     assert refused.status_code == 401, refused.text
     runs = requests.post(graphql_url, json={"query": "{ runsOrError { ... on Runs { count } } }"}, timeout=30)
     assert runs.json()["data"]["runsOrError"]["count"] == 0
+
+
+PUBLISH_RUNS = """
+query PublishRuns($f: RunsFilter) {
+  runsOrError(filter: $f) { __typename ... on Runs { results { runId status startTime } } }
+}"""
+
+
+def assert_published(url: str, tmp_path: Path) -> None:
+    """The day the workflow made goes out: due_posts_sensor, running in the daemon, launches publish_posts, which
+    publishes every post due when it started, on every platform of the post, once (outbox markers)."""
+    today = datetime.now(UTC).date().isoformat()
+    plan = ContentPlan.model_validate_json((tmp_path / f"media/personas/ava/content/{today}/plan.json").read_text())
+    deadline = time.monotonic() + 240  # the sensor ticks every 60 s
+    while True:
+        body = {"query": PUBLISH_RUNS, "variables": {"f": {"pipelineName": "publish_posts"}}}
+        runs = requests.post(f"{url}/graphql", json=body, timeout=30).json()["data"]["runsOrError"]["results"]
+        assert all(run["status"] != "FAILURE" for run in runs), runs
+        done = [run for run in runs if run["status"] == "SUCCESS"]
+        if done:
+            break
+        assert time.monotonic() < deadline, f"no publish_posts run succeeded: {runs}"
+        time.sleep(2)
+    started = datetime.fromtimestamp(min(run["startTime"] for run in done), UTC)
+    due = {(post.id, platform) for post in plan.posts if post.publish_at <= started for platform in post.platforms}
+    # The drafts are rendered at 216x384: pre-flight holds TikTok reels back (360 px minimum), the rest goes out.
+    held = {(post.id, "tiktok") for post in plan.posts if post.format == "reel"}
+    markers = list((tmp_path / "outbox" / "ava").rglob("PUBLISHED"))
+    published = [(marker.parent.parent.name, marker.parent.name) for marker in markers]
+    every = {(post.id, platform) for post in plan.posts for platform in post.platforms}
+    assert due - held and due - held <= set(published) <= every - held, (due, published)
+    assert len(published) == len(set(published)), "one release per post and platform"
 
 
 def assert_trained(execution: replay.Execution, receiver: Endpoint) -> None:
