@@ -527,6 +527,8 @@ def test_no_secret_reaches_logs_or_errors(store: AccountStore, clock: FakeClock,
     """Link, refresh, fail and unlink on every platform with DEBUG logging on (urllib3 logs request lines,
     query strings included); no token, code or app secret may appear in the log or in an error message."""
     caplog.set_level(logging.DEBUG)
+    # urllib3's own level too: the kubernetes client (imported by other tests in this process) sets it to WARNING.
+    caplog.set_level(logging.DEBUG, logger="urllib3")
     messages: list[str] = []
     with (
         OAuthStandin("instagram", clock) as ig,
