@@ -216,16 +216,12 @@ class ComfyUIEngine:
             schedulers=combo_options(sampler, "KSampler", "scheduler"),
             checkpoints=combo_options(self._node_info(loader), loader, "ckpt_name"),
         )
-        seeds = [clip.seed if clip.seed is not None else secrets.randbelow(SEED_LIMIT) for clip in clips]
-        planned = [
-            (clip, seed, f"{UPLOAD_SUBFOLDER}/{_content_name(clip.still_png)}")
-            for clip, seed in zip(clips, seeds, strict=True)
-        ]
-        for index, (clip, seed, name) in enumerate(planned):
-            self._video_graph(index, clip, seed, name, choices)
+        seeded = [(clip, clip.seed if clip.seed is not None else secrets.randbelow(SEED_LIMIT)) for clip in clips]
+        for index, (clip, seed) in enumerate(seeded):  # validated with the name the upload will normally get
+            self._video_graph(index, clip, seed, f"{UPLOAD_SUBFOLDER}/{_content_name(clip.still_png)}", choices)
         jobs = []
-        for index, (clip, seed, name) in enumerate(planned):
-            uploaded = self.upload_image(clip.still_png, name.rpartition("/")[2], _clip_where(index))
+        for index, (clip, seed) in enumerate(seeded):
+            uploaded = self.upload_image(clip.still_png, _content_name(clip.still_png), _clip_where(index))
             jobs.append(_Job(index, clip, seed, self._video_graph(index, clip, seed, uploaded, choices)))
         return self._execute(jobs, progress, should_stop)
 
