@@ -7,6 +7,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import boto3
 import pytest
@@ -17,6 +18,21 @@ from tests.tiny_models import build_tiny_blip
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
+
+
+def service_missing(name: str, host: str, port: int, detail: object = "") -> NoReturn:
+    """Skip on a developer's machine without the service; fail under CI=true, where it runs and must be tested."""
+    reason = f"{name} not reachable at {host}:{port}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} and CI=true requires it" + (f": {detail}" if detail else ""))
+    pytest.skip(reason)
+
+
+def require_service(name: str, host: str, port: int) -> None:
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError as exc:
+        service_missing(name, host, port, exc)
 
 
 def free_port() -> int:

@@ -16,7 +16,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import yaml
 
 from influencer_pipeline.definitions import build_definitions
 from influencer_pipeline.defs.executors import EXECUTOR_ENV
+from tests.conftest import require_service
 from tests.images import make_photo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,16 +48,6 @@ TRAINING_CONFIG = {
 QUEUED_SECONDS = 5  # how long a GPU step must sit untouched in the `gpu` queue while only the CPU worker runs
 # Set on the developer's machine, these would switch the run to other engines or stores.
 ENGINE_VARS = ("MEDIA_S3_BUCKET", "KOHYA_SD_SCRIPTS", "COMFYUI_URL", "CAPTION_MODEL", "OPENROUTER_API_KEY")
-
-
-def require_redis() -> None:
-    try:
-        socket.create_connection((REDIS_HOST, REDIS_PORT), timeout=2).close()
-    except OSError:
-        reason = f"Redis not reachable at {REDIS_HOST}:{REDIS_PORT}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason} (CI=true: these tests must run)")
-        pytest.skip(reason)
 
 
 class Broker:
@@ -146,7 +136,7 @@ def _signal_group(proc: subprocess.Popen, sig: signal.Signals) -> None:
 @pytest.fixture
 def celery_env(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path, Workers, Broker]]:
     """A DAGSTER_HOME, a media root with persona `ava`, an empty broker; workers are killed on the way out."""
-    require_redis()
+    require_service("Redis", REDIS_HOST, REDIS_PORT)
     broker = Broker()
     home, media = tmp_path / "dagster_home", tmp_path / "media"
     home.mkdir()

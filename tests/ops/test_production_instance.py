@@ -14,7 +14,6 @@ PostgreSQL unreachable: skipped locally, failed when CI=true.
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,8 @@ from typing import Any
 import dagster as dg
 import pytest
 import yaml
+
+from tests.conftest import require_service
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCTION_YAML = ROOT / "resources" / "dagster" / "dagster.production.yaml"
@@ -95,16 +96,6 @@ pool_defs = dg.Definitions(jobs=[gpu_burst, long_gpu])
 # ---- fixtures ------------------------------------------------------------------------------------------------------
 
 
-def require_postgres() -> None:
-    try:
-        socket.create_connection((PG_HOST, PG_PORT), timeout=2).close()
-    except OSError:
-        reason = f"PostgreSQL not reachable at {PG_HOST}:{PG_PORT}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason} (CI=true: these tests must run)")
-        pytest.skip(reason)
-
-
 def admin_sql(statement: str) -> None:
     import psycopg2
 
@@ -120,7 +111,7 @@ def admin_sql(statement: str) -> None:
 @pytest.fixture(scope="module")
 def production_env(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterator[dict[str, str]]:
     """A throwaway database and compute-log bucket, and the env vars the production yaml reads."""
-    require_postgres()
+    require_service("PostgreSQL", PG_HOST, PG_PORT)
     import boto3
 
     database = f"dagster_prod_test_{uuid.uuid4().hex[:10]}"

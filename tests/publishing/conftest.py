@@ -6,7 +6,6 @@ PostgreSQL half is skipped on a laptop, but under `CI=true` it fails: CI must ne
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from functools import cache
@@ -17,6 +16,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from influencer_pipeline.publishing.ledger import Ledger
+from tests.conftest import service_missing
 from tests.publishing.fake_platform import FakeClock
 
 PG_HOST = "127.0.0.1"
@@ -44,10 +44,7 @@ def require_postgres(host: str = PG_HOST, port: int = PG_PORT) -> str:
     found = _postgres_user(host, port)
     if isinstance(found, str):
         return f"postgresql+psycopg2://{found}@{host}:{port}/{PG_DATABASE}"
-    reason = f"PostgreSQL not reachable at {host}:{port}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} and CI=true requires it: {found}")
-    pytest.skip(reason)
+    service_missing("PostgreSQL", host, port, found)
 
 
 @pytest.fixture
