@@ -25,7 +25,7 @@ EXECUTORS = ("multiprocess", "celery", "k8s")
 def executor_from_env() -> dg.ExecutorDefinition:
     name = os.environ.get(EXECUTOR_ENV, "multiprocess").strip().lower() or "multiprocess"
     if name == "multiprocess":
-        return dg.multi_or_in_process_executor
+        return forkserver_multiprocess_executor()
     if name == "celery":
         return celery_executor_from_env()
     if name == "k8s":
@@ -33,6 +33,28 @@ def executor_from_env() -> dg.ExecutorDefinition:
     raise InputError(
         EXECUTOR_ENV, f"got {name!r}; expected one of {', '.join(EXECUTORS)}", f"set {EXECUTOR_ENV}=multiprocess"
     )
+
+
+def forkserver_multiprocess_executor() -> dg.ExecutorDefinition:
+    """Dagster's default executor, with step processes forked from a server that has already imported the code.
+
+    Under `spawn` (Dagster's default) every step process starts a fresh interpreter and imports dagster and the code
+    location again, seconds per step on a small machine. A forkserver preloads the job's module once per run; each
+    step still runs in a process of its own, so a GPU step's memory is freed when it exits. Heavy libraries (torch,
+    diffusers, transformers, nudenet) are imported inside the steps that use them, so the preloaded parent holds no
+    model or CUDA context to share. Run config keeps every option of the default executor: `in_process`, or a
+    `multiprocess.start_method` of its own (`spawn` for the old behaviour).
+    See https://docs.python.org/3/library/multiprocessing.html#contexts-and-start-methods.
+    """
+    default = dg.multi_or_in_process_executor
+
+    def with_forkserver(config: dict) -> dict:
+        multiprocess = config.get("multiprocess")
+        if multiprocess is None or multiprocess.get("start_method"):
+            return config
+        return {**config, "multiprocess": {**multiprocess, "start_method": {"forkserver": {}}}}
+
+    return default.configured(with_forkserver, name=default.name, config_schema=default.config_schema)
 
 
 def celery_executor_from_env() -> dg.ExecutorDefinition:

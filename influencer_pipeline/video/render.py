@@ -40,8 +40,10 @@ from pathlib import Path
 import ffmpeg as ffmpeg_python
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+import influencer_pipeline.video.ffmpeg as ffmpeg
+import influencer_pipeline.video.probe as probe
+import influencer_pipeline.video.subtitles as subtitles
 from influencer_pipeline.errors import InputError
-from influencer_pipeline.video import ffmpeg, probe, subtitles
 from influencer_pipeline.video.subtitles import Word
 
 MAX_STILLS = 10
