@@ -12,6 +12,9 @@ Content is hashed only once a folder has settled (no change for `settle_seconds`
 a 2 GB upload in progress is not re-read every tick. The content key is a digest of every file's name and
 content digest (sha256 locally, ETag on S3): re-uploading identical files yields the same key, and the run
 key built from it makes duplicate ticks harmless even if the cursor were lost.
+
+The store's listings skip symbolic links, pipes and devices (a linked persona folder is reported once as
+invalid), and its reads never wait on a file, so no upload can stall the sensor for the other personas.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 
 from influencer_pipeline.errors import InputError
 from influencer_pipeline.media.keys import UPLOADS, uploads_prefix
-from influencer_pipeline.media.store import MediaObject, MediaStore
+from influencer_pipeline.media.store import MediaObject, MediaStore, UnsafeMediaError
 from influencer_pipeline.personas import validate_slug
 
 READY_MARKER = "READY"
@@ -107,6 +110,12 @@ def scan(
     if full_scan:
         cursor.last_full_scan = now
     result = ScanResult(cursor)
+    for entry in store.refused(UPLOADS, recursive=False):
+        name = entry.key.rstrip("/").rsplit("/", 1)[-1]
+        if name not in cursor.invalid:
+            cursor.invalid.append(name)
+            fix = UnsafeMediaError(entry.key, entry.reason).fix
+            result.newly_invalid.append(InputError(entry.key, f"ignored: {entry.reason}", fix))
     for name in store.list_children(UPLOADS):
         try:
             validate_slug(name, where=f"{UPLOADS}/{name}/")
@@ -156,7 +165,12 @@ def _scan_folder(
     if not settled:
         result.waiting.append(persona)
         return
-    key = content_key(store, images)
+    try:
+        key = content_key(store, images)
+    except (FileNotFoundError, UnsafeMediaError):
+        # A file was removed or replaced by a link since the listing: the folder is still changing.
+        result.waiting.append(persona)
+        return
     state.resolved = listing
     if key != state.launched:
         state.launched = key

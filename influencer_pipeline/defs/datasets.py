@@ -55,7 +55,10 @@ def training_images(
     load_persona(store, persona)  # a bad persona.yaml fails here, before any work
     report = curate(store, persona, IngestSettings(**config.model_dump()), progress=context.log.info)
     kept, rejected = len(report.kept), len(report.rejected)
-    rejections = [{"file": r.source_key.rsplit("/", 1)[-1], "reason": r.reason} for r in report.rejected]
+    # The path inside the upload folder: nested files and refused folders ("album/") stay recognisable.
+    rejections = [
+        {"file": r.source_key.removeprefix(f"uploads/{persona}/"), "reason": r.reason} for r in report.rejected
+    ]
     return dg.MaterializeResult(
         metadata={
             "kept": kept,

@@ -2,6 +2,8 @@
 
 Every upload file is either kept (written as `<image_id>.png` under the persona's dataset folder) or
 rejected with the rule it broke and the fix; nothing under `uploads/` is ever written, changed or deleted.
+Entries the media store will not read (symbolic links, pipes, devices, files above its read limit) are
+rejected too, with that reason, and their content is never opened.
 Files are decoded in worker processes (bytes are read here, so the workers never need store credentials);
 near-duplicates can only be judged once every image is measured, so each kept PNG is written as it
 arrives and the final clean-up removes every curated file whose image is no longer kept, duplicates
@@ -42,7 +44,7 @@ from influencer_pipeline.media.keys import (
     dataset_prefix,
     uploads_prefix,
 )
-from influencer_pipeline.media.store import MediaStore
+from influencer_pipeline.media.store import MediaStore, UnsafeMediaError
 from influencer_pipeline.personas import PROFILE_NAME, validate_slug
 
 READY_MARKER = "READY"
@@ -116,7 +118,7 @@ def curate(
     """Curate `uploads/<persona>/` into `personas/<persona>/dataset/`, with a manifest and a contact sheet."""
     validate_slug(persona)
     keys = _upload_keys(store, persona)
-    records: list[ImageRecord] = []
+    records = [_refused_record(entry.key, entry.reason) for entry in store.refused(uploads_prefix(persona))]
     thumbs: dict[str, Image.Image] = {}
     for processed in _process_all(store, keys, settings):
         record = processed.record
@@ -209,6 +211,21 @@ def _upload_keys(store: MediaStore, persona: str) -> list[str]:
     return sorted(obj.key for obj in store.list(prefix) if _is_candidate(obj.key[len(prefix) :]))
 
 
+def _refused_record(key: str, reason: str) -> ImageRecord:
+    """A link or special file in the upload folder: reported with the reason, never read."""
+    fix = UnsafeMediaError(key, reason).fix
+    return ImageRecord(source_key=key, sha256="", size_bytes=0, reason=f"{reason}. Fix: {fix}")
+
+
+def _read(store: MediaStore, key: str) -> bytes | Processed:
+    """The upload's bytes, or a rejection when the store refuses it (replaced by a link since the listing,
+    larger than the read limit)."""
+    try:
+        return store.read_bytes(key)
+    except UnsafeMediaError as err:
+        return Processed(ImageRecord(source_key=key, sha256="", size_bytes=0, reason=f"{err.rule}. Fix: {err.fix}"))
+
+
 def _is_candidate(relative: str) -> bool:
     path = PurePosixPath(relative)
     if any(part.startswith(".") for part in path.parts) or path.name in (PROFILE_NAME, READY_MARKER):
@@ -220,14 +237,20 @@ def _process_all(store: MediaStore, keys: Sequence[str], settings: IngestSetting
     """Yield results in completion order, keeping only a few files' bytes in flight at a time."""
     workers = min(settings.workers, len(keys))
     if workers <= 1:
-        yield from (process_upload(key, store.read_bytes(key), settings) for key in keys)
+        for key in keys:
+            data = _read(store, key)
+            yield data if isinstance(data, Processed) else process_upload(key, data, settings)
         return
     with ProcessPoolExecutor(workers, mp_context=_start_method()) as pool:
         pending: dict[Future[Processed], str] = {}
         for key in keys:
             if len(pending) >= 2 * workers:
                 yield from _collect(pending, FIRST_COMPLETED)
-            pending[pool.submit(process_upload, key, store.read_bytes(key), settings)] = key
+            data = _read(store, key)
+            if isinstance(data, Processed):
+                yield data
+                continue
+            pending[pool.submit(process_upload, key, data, settings)] = key
         yield from _collect(pending, ALL_COMPLETED)
 
 
