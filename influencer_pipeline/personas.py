@@ -4,11 +4,18 @@ A persona's folder name becomes a Dagster partition key, a media-store prefix an
 is held to a strict slug rule. The profile drives captions (trigger and class words), the content calendar
 (themes, posting times, timezone), voice and publishing; every field has a default so a folder of photos
 alone is a valid persona.
+
+`persona.yaml` is written by people and sits in an upload folder, so it is read defensively: at most
+`MAX_PROFILE_BYTES`, YAML anchors and aliases refused (a few hundred bytes of nested aliases expand to
+gigabytes, the "billion laughs" attack), keys must be text, and every problem in the file is reported at
+once in a message that never echoes the file's content back.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
+from dataclasses import dataclass
 from datetime import time
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -18,11 +25,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from influencer_pipeline.errors import InputError
 from influencer_pipeline.media.keys import uploads_prefix
-from influencer_pipeline.media.store import MediaStore
+from influencer_pipeline.media.store import TOO_LARGE, MediaStore, UnsafeMediaError
 
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,38}[a-z0-9])?$")
 PLATFORMS = ("instagram", "facebook", "youtube", "tiktok")
 PROFILE_NAME = "persona.yaml"
+MAX_PROFILE_BYTES = 64 * 1024  # a full profile is well under 2 KB
+MAX_LISTED_PROBLEMS = 20
+_SHOWN_CHARS = 200
 
 
 def validate_slug(name: str, where: str = "persona") -> str:
@@ -41,7 +51,7 @@ def validate_slug(name: str, where: str = "persona") -> str:
 class Persona(BaseModel):
     """A persona profile. Unknown fields are refused so a typo never silently falls back to a default."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     slug: str
     display_name: str = ""
@@ -131,40 +141,181 @@ FIELD_FIXES: dict[str, str] = {
 }
 
 
-def parse_persona(slug: str, text: str | None, where: str) -> Persona:
-    """Build a `Persona` from the YAML text of `where` (None means no profile: all defaults)."""
-    validate_slug(slug, where)
-    data: Any = {}
-    if text is not None:
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            fix = "fix the YAML syntax (indentation, colons, quotes)"
-            raise InputError(where, f"is not valid YAML{at}", fix) from None
-        if not isinstance(data, dict):
-            raise InputError(where, "must be a YAML mapping of field: value", "see resources/personas/")
-    if "slug" in data:
-        raise InputError(f"{where}: field 'slug'", "is set by the folder name", "remove the 'slug' field")
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a persona.yaml: where in the file, the rule, the fix."""
+
+    field: str
+    rule: str
+    fix: str
+
+
+class PersonaFileError(InputError):
+    """Every problem of one persona.yaml. With one problem the message is that problem's, field first."""
+
+    def __init__(self, where: str, problems: list[Problem]) -> None:
+        self.problems = problems
+        if len(problems) == 1:
+            only = problems[0]
+            super().__init__(f"{where}: {only.field}" if only.field else where, only.rule, only.fix)
+            return
+        shown = problems[:MAX_LISTED_PROBLEMS]
+        lines = [f"  - {p.field + ': ' if p.field else ''}{p.rule}. Fix: {p.fix}" for p in shown]
+        if len(problems) > len(shown):
+            lines.append(f"  - ... and {len(problems) - len(shown)} more")
+        self.where = where
+        self.rule = f"{len(problems)} problems:\n" + "\n".join(lines)
+        self.fix = "correct each one, then save the file (the next run reads it again)"
+        ValueError.__init__(self, f"{where}: {self.rule}")
+
+
+class _Refused(Exception):
+    """Raised inside the YAML loader for a construct persona.yaml does not accept."""
+
+    def __init__(self, rule: str, fix: str) -> None:
+        super().__init__(rule)
+        self.rule = rule
+        self.fix = fix
+
+
+class _ProfileLoader(yaml.SafeLoader):
+    """`yaml.safe_load` without anchors or aliases, with text keys only and no key given twice."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise _Refused(
+                f"uses a YAML anchor or alias (& or *) at line {event.start_mark.line + 1}",
+                "write each value out in full; anchors and aliases are not accepted in persona.yaml",
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for key_node, _value in node.value:
+            line = key_node.start_mark.line + 1
+            if not (isinstance(key_node, yaml.ScalarNode) and key_node.tag == "tag:yaml.org,2002:str"):
+                shown = _shorten(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "a list or mapping"
+                raise _Refused(
+                    f"the key {shown} at line {line} is not a field name (YAML reads it as "
+                    f"{key_node.tag.rsplit(':', 1)[-1]})",
+                    "field names are words such as 'timezone'; quote a key that must be text",
+                )
+            if key_node.value in seen:
+                raise _Refused(
+                    f"the key {_shorten(key_node.value)} is given twice (again at line {line})",
+                    "keep one of the two",
+                )
+            seen.add(key_node.value)
+        return super().construct_mapping(node, deep)
+
+
+def _shorten(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "...'"
+
+
+def _read_yaml(text: str) -> tuple[Any, Problem | None]:
+    """The parsed document, or the problem that stopped parsing (syntax, alias, key)."""
     try:
-        return Persona(slug=slug, **data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
+        return yaml.load(text, Loader=_ProfileLoader), None  # _ProfileLoader is a SafeLoader
+    except _Refused as refused:
+        return None, Problem("", refused.rule, refused.fix)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        return None, Problem("", f"is not valid YAML{at}", "fix the YAML syntax (indentation, colons, quotes)")
+
+
+def _field_problems(errors: list[Any]) -> list[Problem]:
+    """Pydantic's errors as problems; built from locations and messages only, never from the input."""
+    allowed = sorted(f for f in Persona.model_fields if f != "slug")
+    problems = []
+    for err in errors:
         field = ".".join(str(p) for p in err["loc"]) or "?"
         top = str(err["loc"][0]) if err["loc"] else ""
         if err["type"] == "extra_forbidden":
-            allowed = sorted(f for f in Persona.model_fields if f != "slug")
-            raise InputError(
-                f"{where}: field '{field}'", "is not a persona field", f"remove it or use one of {allowed}"
-            ) from None
+            close = difflib.get_close_matches(top, allowed, n=1)
+            fix = (
+                f"did you mean '{close[0]}'? Rename it, or remove it" if close else f"remove it or use one of {allowed}"
+            )
+            problems.append(Problem(f"field {_shorten(field)}", "is not a persona field", fix))
+            continue
         message = err["msg"].removeprefix("Value error, ")
+        if len(message) > _SHOWN_CHARS:
+            message = message[:_SHOWN_CHARS] + "..."
         fix = FIELD_FIXES.get(top, f"give '{top}' a value of the documented type (see docs/SETUP.md)")
-        raise InputError(f"{where}: field '{field}'", message, fix) from None
+        problems.append(Problem(f"field '{field}'", message, fix))
+    return problems
+
+
+def parse_persona(slug: str, text: str | None, where: str) -> Persona:
+    """Build a `Persona` from the YAML text of `where` (None means no profile: all defaults).
+
+    Every problem is collected first and one `PersonaFileError` lists them all; it is raised outside any
+    `except` block, so it carries no chained exception holding the parsed input.
+    """
+    validate_slug(slug, where)
+    data: Any = {}
+    problems: list[Problem] = []
+    if text is not None:
+        size = len(text.encode("utf-8"))
+        if size > MAX_PROFILE_BYTES:
+            raise PersonaFileError(where, [_too_large(size)])
+        data, problem = _read_yaml(text)
+        if problem is not None:
+            raise PersonaFileError(where, [problem])
+        data = data or {}
+        if not isinstance(data, dict):
+            raise PersonaFileError(
+                where, [Problem("", "must be a YAML mapping of field: value", "see resources/personas/")]
+            )
+    if "slug" in data:
+        data = {k: v for k, v in data.items() if k != "slug"}
+        problems.append(Problem("field 'slug'", "is set by the folder name", "remove the 'slug' field"))
+    try:
+        persona = Persona(slug=slug, **data)
+    except ValidationError as exc:
+        problems += _field_problems(exc.errors(include_input=False, include_context=False, include_url=False))
+    else:
+        if not problems:
+            return persona
+    raise PersonaFileError(where, problems)
+
+
+def _too_large(size: int | str) -> Problem:
+    return Problem(
+        "",
+        f"is {size} bytes, above the {MAX_PROFILE_BYTES // 1024} KB limit for a persona profile",
+        "keep only the persona's fields in persona.yaml (see resources/personas/)",
+    )
 
 
 def load_persona(store: MediaStore, slug: str) -> Persona:
-    """Read and validate `uploads/<slug>/persona.yaml` from the media store (absent means all defaults)."""
+    """Read and validate `uploads/<slug>/persona.yaml` from the media store (absent means all defaults).
+
+    A linked or special file named persona.yaml is refused by the store (`UnsafeMediaError`), not ignored.
+    """
     key = uploads_prefix(slug) + PROFILE_NAME
-    text = store.read_bytes(key).decode("utf-8") if store.exists(key) else None
-    return parse_persona(slug, text, where=store.uri(key))
+    where = store.uri(key)
+    data: bytes | None = None
+    too_large = False
+    try:
+        data = store.read_bytes(key, max_bytes=MAX_PROFILE_BYTES)
+    except FileNotFoundError:
+        pass
+    except UnsafeMediaError as err:
+        if err.reason != TOO_LARGE:
+            raise
+        too_large = True
+    if too_large:
+        raise PersonaFileError(where, [_too_large(f"more than {MAX_PROFILE_BYTES}")])
+    if data is None:
+        return parse_persona(slug, None, where)
+    try:
+        text: str | None = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None:
+        raise PersonaFileError(where, [Problem("", "is not UTF-8 text", "save persona.yaml as UTF-8")])
+    return parse_persona(slug, text, where)
