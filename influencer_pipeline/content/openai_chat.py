@@ -9,7 +9,8 @@ valid or an error, never silently empty (the original project turned bad JSON in
 
 Transport faults (429, 5xx, timeouts, dropped connections) are retried with exponential backoff and jitter,
 honouring Retry-After; a refused key is not retried, since it will not fix itself. The API key lives in a
-`_Secret` and is scrubbed from any server text we quote, so no exception, log line or repr can show it.
+`Secret`, and every server text we quote is redacted (the key, URL credentials, token shapes) before it is cut
+short, so no exception, log line or repr can show the key or its first characters.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from influencer_pipeline.content.writers import (
     publish_slots,
 )
 from influencer_pipeline.personas import Persona
+from influencer_pipeline.redaction import Secret, redact, redact_and_clip, url_password
 from influencer_pipeline.retry_after import retry_after_seconds
 
 log = logging.getLogger(__name__)
@@ -62,26 +64,6 @@ MAX_BACKOFF_S = 60.0
 MAX_RETRY_AFTER_S = 300.0  # a longer wait is better left to the run's own retry policy than slept through here
 MAX_PROBLEMS = 6  # validation problems quoted back to the model and in the final error
 SERVER_TEXT_LIMIT = 300  # how much of a server's error message is quoted
-
-
-class _Secret:
-    """Holds the API key so that no repr, str or log of the writer (or of its `__dict__`) can show it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __repr__(self) -> str:
-        return "<secret set>" if self._value else "<secret unset>"
-
-    __str__ = __repr__
 
 
 class _Transient(Exception):
@@ -121,7 +103,8 @@ class OpenAIChatWriter:
         price_per_1k: tuple[float, float] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._key = _Secret(api_key if api_key is not None else os.environ.get(API_KEY_ENV, ""))
+        self._shown_url = redact(self.base_url)  # a base URL may carry user:password@ (a proxy's credentials)
+        self._key = Secret(api_key if api_key is not None else os.environ.get(API_KEY_ENV, ""))
         self.model = model
         self.timeout_s = timeout_s
         self.max_retries = max_retries
@@ -131,11 +114,11 @@ class OpenAIChatWriter:
         self.name = f"openai-chat:{model}"
 
     def __repr__(self) -> str:
-        return f"OpenAIChatWriter(base_url={self.base_url!r}, model={self.model!r}, api_key={self._key!r})"
+        return f"OpenAIChatWriter(base_url={self._shown_url!r}, model={self.model!r}, api_key={self._key!r})"
 
     def plan_day(self, persona: Persona, day: date, posts: int | None = None) -> tuple[ContentPlan, WriterUsage]:
         count = post_count(persona, posts)
-        if not self._key and self.base_url == OPENROUTER_URL:
+        if not self._key.reveal() and self.base_url == OPENROUTER_URL:
             raise WriterError(f"no API key for OpenRouter. Fix: set {API_KEY_ENV} (or use the template writer)")
         messages = build_messages(persona, day, count)
         usage = WriterUsage(model=self.model)
@@ -169,7 +152,7 @@ class OpenAIChatWriter:
                 reason = self._redact(fault.reason)
                 if retry == self.max_retries:
                     raise WriterError(
-                        f"{self.base_url} failed {retry + 1} times in a row; last: {reason}. "
+                        f"{self._shown_url} failed {retry + 1} times in a row; last: {reason}. "
                         "Fix: check the service status and base_url, or try again later"
                     ) from None
                 wait = self._wait(retry, fault.retry_after, reason)
@@ -183,7 +166,7 @@ class OpenAIChatWriter:
             return min(self.backoff_s * 2**retry + random.uniform(0, self.backoff_s), MAX_BACKOFF_S)
         if retry_after > MAX_RETRY_AFTER_S:
             raise WriterError(
-                f"{self.base_url} asks to wait {retry_after:.0f} s before retrying ({reason}). "
+                f"{self._shown_url} asks to wait {retry_after:.0f} s before retrying ({reason}). "
                 "Fix: try again later, or raise the account's rate limit"
             )
         return retry_after
@@ -195,10 +178,11 @@ class OpenAIChatWriter:
         except requests.Timeout:
             raise _Transient(f"no reply within {self.timeout_s:g} s") from None
         except requests.ConnectionError as exc:
-            raise _Transient(f"connection failed ({type(exc).__name__}: {str(exc)[:SERVER_TEXT_LIMIT]})") from None
+            detail = redact_and_clip(str(exc), SERVER_TEXT_LIMIT, self._key, url_password(self.base_url))
+            raise _Transient(f"connection failed ({type(exc).__name__}: {detail})") from None
         if response.status_code in (401, 403):
             raise WriterError(
-                f"{self.base_url} refused the API key (HTTP {response.status_code}: {self._server_text(response)}). "
+                f"{self._shown_url} refused the API key (HTTP {response.status_code}: {self._server_text(response)}). "
                 f"Fix: check {API_KEY_ENV}: it must be a valid, unrevoked key with credit for {self.model!r}"
             )
         if response.status_code in RETRYABLE_STATUS:
@@ -206,7 +190,7 @@ class OpenAIChatWriter:
             raise _Transient(f"HTTP {response.status_code}: {self._server_text(response)}", wait)
         if response.status_code != 200:
             raise WriterError(
-                f"{self.base_url} rejected the request (HTTP {response.status_code}: {self._server_text(response)}). "
+                f"{self._shown_url} rejected the request (HTTP {response.status_code}: {self._server_text(response)}). "
                 f"Fix: check the model name {self.model!r} (it must support JSON output) and base_url"
             )
         return self._read(response, usage)
@@ -224,7 +208,7 @@ class OpenAIChatWriter:
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             error = data.get("error")
             detail = error.get("message", "") if isinstance(error, dict) else ""
-            raise _Transient(f"HTTP 200 without choices {str(detail)[:SERVER_TEXT_LIMIT]}".rstrip())
+            raise _Transient(f"HTTP 200 without choices {self._clip(str(detail))}".rstrip())
         message = choices[0].get("message") or {}
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list):  # some servers send content parts
@@ -248,7 +232,7 @@ class OpenAIChatWriter:
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "HTTP-Referer": APP_URL, "X-Title": APP_TITLE}
-        if self._key:
+        if self._key.reveal():
             headers["Authorization"] = f"Bearer {self._key.reveal()}"
         return headers
 
@@ -261,10 +245,14 @@ class OpenAIChatWriter:
             text = str(text) if text else response.text
         except ValueError:
             text = response.text
-        return self._redact(" ".join(text.split())[:SERVER_TEXT_LIMIT] or response.reason or "no message")
+        return self._clip(" ".join(text.split()) or response.reason or "no message")
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._key.reveal(), "***") if self._key else text
+        return redact(text, self._key, url_password(self.base_url))
+
+    def _clip(self, text: str) -> str:
+        """Server text for a message: redacted first, then cut (cutting first could keep a key's first characters)."""
+        return redact_and_clip(text, SERVER_TEXT_LIMIT, self._key, url_password(self.base_url))
 
 
 def _number(value: Any) -> float | None:
@@ -376,7 +364,7 @@ def parse_plan(
 
 def _describe(error: ErrorDetails) -> str:
     where = ".".join(str(part) for part in error["loc"]) or "plan"
-    return f"{where}: {str(error['msg']).removeprefix('Value error, ')}"[:SERVER_TEXT_LIMIT]
+    return redact_and_clip(f"{where}: {str(error['msg']).removeprefix('Value error, ')}", SERVER_TEXT_LIMIT)
 
 
 def normalise_post(post: Any, index: int, persona: Persona, day: date) -> Any:

@@ -15,23 +15,21 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
 
 import requests
 from urllib3.exceptions import NewConnectionError
 
 from influencer_pipeline.publishing.base import CommitOutcomeUnknown, ErrorKind, PublishError
+from influencer_pipeline.redaction import excerpt, redact
 from influencer_pipeline.retry_after import retry_after_seconds
 
 log = logging.getLogger(__name__)
 
-REDACTED = "[redacted]"
 # An account blocked for spam or policy (2207051, 368, "posting too fast") must pause for hours, not seconds:
 # retry loops on these nearly got accounts disabled (reference §1.7, Postiz #832).
 ANTI_SPAM_PAUSE_S = 6 * 3600.0
@@ -54,17 +52,6 @@ NOT_READY_SUBCODE = 2207027
 AUTH_CODES = frozenset({10, 102, 190, *range(200, 300)})
 THROTTLE_CODES = frozenset({4, 9, 17, 32, 613, *range(80000, 80015)})
 TRANSIENT_CODES = frozenset({-2, -1, 1, 2})
-
-_TOKEN_SHAPES = re.compile(r"(access_token=|OAuth\s+|Bearer\s+)[^\s&\"',;]+", re.IGNORECASE)
-_META_TOKEN = re.compile(r"\bEAA[A-Za-z0-9]{16,}")
-
-
-def redact(text: str, *secrets: str) -> str:
-    """`text` with each secret (raw or URL-encoded) and anything shaped like a Meta token replaced."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, REDACTED).replace(quote(secret, safe=""), REDACTED)
-    return _META_TOKEN.sub(REDACTED, _TOKEN_SHAPES.sub(lambda m: m.group(1) + REDACTED, text))
 
 
 class MetaPublishError(PublishError):
@@ -130,7 +117,7 @@ def parse_error(response: requests.Response) -> MetaError:
             message=f"{info.get('type', 'upload error')}: {info.get('message', '')}",
             is_transient=bool(info.get("retriable", False)),
         )
-    return MetaError(http_status=response.status_code, message=response.text[:200])
+    return MetaError(http_status=response.status_code, message=excerpt(response.text, 200))
 
 
 def _int_or_none(value: Any) -> int | None:

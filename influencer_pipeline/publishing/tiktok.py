@@ -50,7 +50,8 @@ from influencer_pipeline.publishing.base import (
     PublishRequest,
     RemoteHandle,
 )
-from influencer_pipeline.publishing.video_upload import probe_video, redact, single_video
+from influencer_pipeline.publishing.video_upload import probe_video, single_video
+from influencer_pipeline.redaction import excerpt, redact
 from influencer_pipeline.retry_after import retry_after_seconds
 
 log = logging.getLogger(__name__)
@@ -410,7 +411,7 @@ class TikTokPublisher:
             data = payload.get("data")
             return data if isinstance(data, dict) else {}
         kind, wait = _classify_code(code, response.status_code)
-        message = str(error.get("message") or response.text[:200] or response.reason)
+        message = str(error.get("message") or excerpt(response.text, 200, token) or response.reason)
         fix = _FIXES.get(code) or _default_fix(kind)
         text = f"TikTok refused {what} (HTTP {response.status_code}, {code or 'no code'}): {message}. Fix: {fix}"
         retry_after = _retry_after(response.headers) or wait

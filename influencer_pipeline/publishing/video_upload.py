@@ -1,4 +1,4 @@
-"""What the video-only publishers (YouTube, TikTok) share: the one video of a request, probed, and token redaction."""
+"""What the video-only publishers (YouTube, TikTok) share: the one video of a request, probed."""
 
 from __future__ import annotations
 
@@ -37,8 +37,3 @@ def probe_video(path: Path) -> MediaInfo:
     if info.video is None or info.duration_s is None:
         raise PublishError(f"{path}: no video stream or duration. Fix: render the video again", kind="permanent")
     return info
-
-
-def redact(text: str, token: str) -> str:
-    """`text` without the access token, which error answers may echo back."""
-    return text.replace(token, "[access token]") if token else text

@@ -53,7 +53,8 @@ from influencer_pipeline.publishing.base import (
     PublishRequest,
     RemoteHandle,
 )
-from influencer_pipeline.publishing.video_upload import probe_video, redact, single_video
+from influencer_pipeline.publishing.video_upload import probe_video, single_video
+from influencer_pipeline.redaction import excerpt, redact
 from influencer_pipeline.retry_after import retry_after_seconds
 
 log = logging.getLogger(__name__)
@@ -332,7 +333,7 @@ class YouTubePublisher:
         video_id = video.get("id")
         if not video_id:
             raise PublishError(
-                redact(f"YouTube finished the upload but sent no video id: {response.text[:200]}", token),
+                f"YouTube finished the upload but sent no video id: {excerpt(response.text, 200, token)}",
                 kind="transient",
             )
         privacy = video.get("status", {}).get("privacyStatus")
@@ -460,7 +461,7 @@ def _error_message(response: requests.Response) -> str:
     error = _json(response).get("error")
     if isinstance(error, dict) and error.get("message"):
         return str(error["message"])
-    return response.text[:200].strip() or response.reason or "no message"
+    return excerpt(response.text, 200).strip() or response.reason or "no message"
 
 
 def _default_fix(kind: ErrorKind) -> str:

@@ -3,7 +3,8 @@
 `POST {base_url}/audio/speech` with a JSON body answers with the audio bytes. Rate limits (429) and server
 errors (5xx), dropped connections and timeouts are retried with exponential backoff, honouring `Retry-After`;
 anything else fails at once with a message that says what to fix. The API key is sent only in the
-`Authorization` header and is scrubbed from every message and log line, because servers echo it back in errors.
+`Authorization` header and is redacted from every message and log line, because servers echo it back in errors;
+server text is redacted before it is cut short, so not even the key's first characters get through.
 
 Whatever the server sends (a WAV whose header says "length unknown", as streamed WAVs do, or another format
 when `response_format` is ignored) is rewritten by imageio-ffmpeg's ffmpeg into a plain mono 16-bit WAV, so
@@ -26,6 +27,7 @@ import imageio_ffmpeg
 import requests
 
 from influencer_pipeline.errors import InputError
+from influencer_pipeline.redaction import Secret, excerpt, redact, url_password
 from influencer_pipeline.retry_after import retry_after_seconds
 from influencer_pipeline.voice.timing import VoiceTrack, atomic_output
 
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 
 MAX_INPUT_CHARS = 4096  # the API's limit on `input`
 CONNECT_TIMEOUT_S = 10.0
+SERVER_TEXT_LIMIT = 200  # how much of a server's error body is quoted
+AUDIO_EXCERPT_LIMIT = 120  # how much of a non-audio answer is quoted
 RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))  # as OpenAI's own client retries
 AUTH_STATUS = frozenset({401, 403})
 
@@ -77,6 +81,7 @@ class OpenAISpeechVoice:
         if max_retries < 0:
             raise InputError("max_retries", f"must be 0 or more, got {max_retries}", "use 3")
         self.url = f"{base_url.rstrip('/')}/audio/speech"
+        self._shown_url = redact(self.url)  # for messages: a base URL may carry user:password@
         self.model = model
         self.voice = voice
         self.timeout_s = timeout_s
@@ -85,11 +90,12 @@ class OpenAISpeechVoice:
         self.max_wait_s = max_wait_s
         self.api_key_env = api_key_env
         self.name = f"openai-speech:{model}"
-        self._api_key = api_key or None
+        self._api_key = Secret(api_key) if api_key else None
+        self._url_password = url_password(self.url)
         self._http = requests.Session()
 
     def __repr__(self) -> str:
-        return f"OpenAISpeechVoice(url={self.url!r}, model={self.model!r}, voice={self.voice!r})"
+        return f"OpenAISpeechVoice(url={self._shown_url!r}, model={self.model!r}, voice={self.voice!r})"
 
     def speak(self, text: str, output: Path, voice: str | None = None) -> VoiceTrack:
         """Have the API speak `text` and store it as a mono 16-bit WAV at `output`; `words` stay empty."""
@@ -151,7 +157,7 @@ class OpenAISpeechVoice:
 
     def _attempt(self, body: dict[str, Any]) -> bytes:
         """One POST, read to the end within `timeout_s`; retryable failures raise `_Retryable`."""
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        headers = {"Authorization": f"Bearer {self._api_key.reveal()}"} if self._api_key else {}
         deadline = time.monotonic() + self.timeout_s
         try:
             with self._http.post(
@@ -171,7 +177,7 @@ class OpenAISpeechVoice:
             raise SpeechAPIError(self._redact(f"the request to {self.url} failed: {exc}")) from None
         if status == 200:
             return content
-        reason = f"HTTP {status}: {_server_message(content)}"
+        reason = f"HTTP {status}: {self._server_message(content)}"
         if status in RETRYABLE_STATUS:
             raise _Retryable(reason, _retry_after(response_headers))
         raise SpeechAPIError(self._redact(self._refusal(status, reason, body["voice"])))
@@ -196,18 +202,28 @@ class OpenAISpeechVoice:
         command += ["-ac", "1", "-c:a", "pcm_s16le", "-f", "wav", "-y", str(target)]
         result = subprocess.run(command, input=audio, capture_output=True, check=False)
         if result.returncode != 0:
-            excerpt = audio[:120].decode(errors="replace")
+            start = excerpt(audio, AUDIO_EXCERPT_LIMIT, self._api_key, self._url_password)
             raise SpeechAPIError(
                 self._redact(
                     f"the speech API at {self.url} answered 200 but not with audio ffmpeg can read "
-                    f"({len(audio)} bytes starting {excerpt!r}). Fix: check base_url points at an "
+                    f"({len(audio)} bytes starting {start!r}). Fix: check base_url points at an "
                     "OpenAI-compatible /audio/speech endpoint"
                 )
             )
 
     def _redact(self, text: str) -> str:
-        """`text` without the API key, which servers may echo back in their error messages."""
-        return text.replace(self._api_key, "[API key]") if self._api_key else text
+        """`text` without the API key (servers echo it back in errors) or the URL's credentials."""
+        return redact(text, self._api_key, self._url_password)
+
+    def _server_message(self, content: bytes) -> str:
+        """The error message from an OpenAI-shaped JSON body, else the start of the body; redacted, then cut."""
+        try:
+            payload = json.loads(content)
+        except ValueError:
+            return excerpt(content, SERVER_TEXT_LIMIT, self._api_key, self._url_password).strip() or "no details"
+        error = payload.get("error") if isinstance(payload, dict) else None
+        text = str(error["message"]) if isinstance(error, dict) and error.get("message") else json.dumps(payload)
+        return excerpt(text, SERVER_TEXT_LIMIT, self._api_key, self._url_password)
 
 
 def _read_until(response: requests.Response, deadline: float, timeout_s: float) -> bytes:
@@ -218,18 +234,6 @@ def _read_until(response: requests.Response, deadline: float, timeout_s: float) 
         if time.monotonic() > deadline:
             raise requests.Timeout(f"the answer took longer than {timeout_s:g} s")
     return b"".join(chunks)
-
-
-def _server_message(content: bytes) -> str:
-    """The error message from an OpenAI-shaped JSON body, else the start of the body."""
-    try:
-        payload = json.loads(content)
-    except ValueError:
-        return content[:200].decode(errors="replace").strip() or "no details"
-    error = payload.get("error") if isinstance(payload, dict) else None
-    if isinstance(error, dict) and error.get("message"):
-        return str(error["message"])
-    return json.dumps(payload)[:200]
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
