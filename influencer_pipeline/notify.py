@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from influencer_pipeline.redaction import redact_and_clip
 from influencer_pipeline.retry_after import retry_after_seconds
 
 SIGNATURE_HEADER = "X-Influencer-Signature"
@@ -266,9 +267,9 @@ def notify(
 
 
 def truncate_message(message: str, limit: int = MAX_FAILURE_MESSAGE_CHARS) -> str:
-    """Failure messages go to chat and n8n: keep them readable and bounded."""
-    message = message.strip()
-    return message if len(message) <= limit else message[: limit - 1] + "…"
+    """Failure messages go to chat and n8n: bounded, and redacted before they are cut (URL credentials, tokens,
+    key shapes), so a secret quoted near the limit cannot leave its first characters behind."""
+    return redact_and_clip(message.strip(), limit)
 
 
 def _retry_after(response: requests.Response) -> float | None:
