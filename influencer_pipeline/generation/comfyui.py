@@ -15,6 +15,9 @@ its content hash (so a retry reuses the file), the `svd-img2vid` template is fil
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import fcntl
 import functools
 import hashlib
 import json
@@ -28,7 +31,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,13 @@ import websocket
 
 from influencer_pipeline.errors import InputError
 from influencer_pipeline.generation.base import ClipRequest, GeneratedClip, GeneratedImage, GenerationRequest
+from influencer_pipeline.generation.model_family import (
+    FAMILIES,
+    check_lora_family,
+    checkpoint_family,
+    is_svd_checkpoint,
+    read_header,
+)
 from influencer_pipeline.generation.workflows import (
     TEMPLATES_DIR,
     ServerChoices,
@@ -46,7 +56,9 @@ from influencer_pipeline.generation.workflows import (
     build_img2vid,
     build_txt2img,
     load_template,
+    template_family,
 )
+from influencer_pipeline.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +69,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 UPLOAD_SUBFOLDER = "influencer"  # our stills in ComfyUI's input folder, apart from the user's own
 TICK_S = 0.1  # how often the wait loop checks should_stop and its deadline
 SAFETY_POLL_FACTOR = 10  # with a live socket, /history is still polled this many poll intervals apart
+DEPLOYED_LEDGER = ".influencer-deployed.json"  # in the loras folder; ComfyUI lists only model extensions
+DEPLOYED_LOCK = ".influencer-deployed.lock"
 
 
 class ComfyUIError(RuntimeError):
@@ -79,9 +93,13 @@ class _Job:
 class ComfyUIEngine:
     """`ImageEngine` backed by a ComfyUI server, with `loras_dir` a folder ComfyUI reads as `models/loras`.
 
-    `timeout_s` bounds the wait for the *next* image to finish (so it scales with the batch) and every HTTP read;
-    `connect_timeout_s` bounds every connection attempt; `max_in_flight` is how many of our prompts may wait
-    in ComfyUI's queue at once (enough to hide our latency, few enough to leave room for other clients).
+    `timeout_s` bounds only the wait for the *next* image to finish (so it scales with the batch and may be long);
+    `http_timeout_s` bounds every HTTP read (queue, history, object_info, view, upload: ComfyUI answers those at
+    once even while it renders, so a frozen server is noticed within it); `connect_timeout_s` bounds every
+    connection attempt; `max_in_flight` is how many of our prompts may wait in ComfyUI's queue at once (enough to
+    hide our latency, few enough to leave room for other clients). `checkpoints_dir` is ComfyUI's
+    models/checkpoints when this host can read it (default: the `checkpoints` folder beside `loras_dir`); it is
+    only used to read checkpoint headers (base-model family, SVD or not).
     """
 
     name = "comfyui"
@@ -96,6 +114,8 @@ class ComfyUIEngine:
         connect_timeout_s: float = 10,
         max_in_flight: int = 4,
         *,
+        http_timeout_s: float = 30.0,
+        checkpoints_dir: Path | None = None,
         poll_interval_s: float = 1.0,
         deploy_timeout_s: float = 60.0,
         submit_retries: int = 3,
@@ -105,17 +125,22 @@ class ComfyUIEngine:
         video_template: str = "svd-img2vid",
     ) -> None:
         if not re.match(r"^https?://[^/\s]+", url or ""):
-            raise InputError("COMFYUI_URL", f"{url!r} is not an http(s) URL", "set it like http://127.0.0.1:8188")
+            raise InputError("COMFYUI_URL", f"{redact(url or '')!r} is not an http(s) URL", "set it like http://127.0.0.1:8188")
         if max_in_flight < 1:
             raise InputError("max_in_flight", f"must be at least 1, got {max_in_flight}", "use 2-8")
-        self.url = url.rstrip("/")
+        self.endpoint = url.rstrip("/")  # what requests go to
+        self.url = redact(self.endpoint)  # what messages show: COMFYUI_URL may carry user:password@
         self.loras_dir = Path(loras_dir) if loras_dir is not None else None
         self.checkpoint = checkpoint
         self.template = load_template(template, templates_dir)
         self.video_checkpoint = video_checkpoint
         self._video_template = (video_template, templates_dir)
         self.timeout_s = timeout_s
+        self.http_timeout_s = http_timeout_s
         self.connect_timeout_s = connect_timeout_s
+        if checkpoints_dir is None and self.loras_dir is not None:
+            checkpoints_dir = self.loras_dir.parent / "checkpoints"
+        self.checkpoints_dir = Path(checkpoints_dir) if checkpoints_dir is not None else None
         self.max_in_flight = max_in_flight
         self.poll_interval_s = poll_interval_s
         self.deploy_timeout_s = deploy_timeout_s
@@ -130,13 +155,30 @@ class ComfyUIEngine:
 
     # ----- LoRA deployment -------------------------------------------------------------------------------------
 
-    def deploy_lora(self, local_path: Path, name: str) -> str:
+    def deploy_lora(self, local_path: Path, name: str, group: str | None = None) -> str:
         """Copy the LoRA into the shared folder (atomically, skipped when identical) and wait until ComfyUI
-        lists it, so a generation that follows can never fail validation on a missing `lora_name`."""
+        lists it, so a generation that follows can never fail validation on a missing `lora_name`.
+
+        Before anything is copied, the LoRA's base-model family (from its safetensors header) must match this
+        engine's checkpoint: ComfyUI itself would only log shape errors and render without it. With `group`
+        (the persona), older files deployed for the same group are removed once no queued prompt uses them, so
+        retraining does not pile files up in ComfyUI's loras folder; what is deployed is recorded in
+        `<loras folder>/.influencer-deployed.json`.
+        """
         source = Path(local_path)
         if not source.is_file():
             raise InputError(str(source), "the LoRA file does not exist", "train the LoRA first or fix the path")
         file_name = _lora_file_name(name, source)
+        expected = self.lora_family()
+        if expected is not None:
+            check_lora_family(source, *expected)
+        else:
+            log.warning(
+                "cannot tell which base model %s (template %s) is for, so the LoRA family is not checked: declare "
+                '"_meta": {"family": "sd1"|"sd2"|"sdxl"} on the template\'s checkpoint loader',
+                self.checkpoint,
+                self.template.name,
+            )
         folder = self._shared_loras_dir()
         target = folder / file_name
         if _same_content(source, target):
@@ -151,7 +193,79 @@ class ComfyUIEngine:
                 )
             _atomic_copy(source, target)
         self._wait_until_listed(file_name, folder)
+        self._record_deployment(folder, file_name, group, source)
         return file_name
+
+    def lora_family(self) -> tuple[str, str] | None:
+        """(family, what has it) that a deployed LoRA must match: the checkpoint's own header when this host can
+        read the file, else the template's declared family; None when neither says."""
+        declared = template_family(self.template)
+        local = self._local_checkpoint(self.checkpoint)
+        found = checkpoint_family(read_header(local)) if local is not None else None
+        if found is not None and found.name is not None:
+            if declared is not None and declared != found.name:
+                raise InputError(
+                    "COMFYUI_CHECKPOINT",
+                    f"{self.checkpoint!r} is a {found.label} checkpoint ({found.evidence}), but the workflow "
+                    f"template {self.template.name!r} is for {FAMILIES[declared]}",
+                    "set COMFYUI_TEMPLATE to a template of the checkpoint's family (sd15-lora-txt2img for SD1.x, "
+                    "sdxl-lora-txt2img for SDXL) or choose another checkpoint",
+                )
+            return found.name, f"COMFYUI_CHECKPOINT {self.checkpoint!r}"
+        if declared is not None:
+            return declared, f"COMFYUI_CHECKPOINT {self.checkpoint!r} (template {self.template.name!r})"
+        return None
+
+    def _local_checkpoint(self, name: str) -> Path | None:
+        """ComfyUI's checkpoint file when this host sees it (a shared models folder), for reading its header."""
+        if self.checkpoints_dir is None or not name.endswith((".safetensors", ".sft")):
+            return None
+        path = self.checkpoints_dir / name
+        return path if path.is_file() else None
+
+    def _record_deployment(self, folder: Path, file_name: str, group: str | None, source: Path) -> None:
+        """Record the file in the folder's deployment ledger, then remove this group's older deployed files that
+        no queued or running prompt uses. Files we did not deploy (not in the ledger) are never touched."""
+        with _ledger_lock(folder):
+            ledger = _read_ledger(folder)
+            ledger[file_name] = {
+                "group": group,
+                "sha256": _sha256(source),
+                "deployed_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            }
+            older = [n for n, e in ledger.items() if group is not None and e.get("group") == group and n != file_name]
+            in_use: set[str] = set()
+            if older:
+                try:
+                    in_use = self._loras_in_queue()
+                except ComfyUIError as exc:
+                    log.warning("kept older LoRAs of %s (cannot read ComfyUI's queue: %s)", group, exc)
+                    in_use = set(older)
+            for old in older:
+                if old in in_use:
+                    log.info("keeping %s: a queued or running ComfyUI prompt uses it; removed on a later deploy", old)
+                    continue
+                (folder / old).unlink(missing_ok=True)
+                del ledger[old]
+                log.info("removed %s from %s (replaced by %s)", old, folder, file_name)
+            _write_ledger(folder, ledger)
+
+    def deployed(self) -> dict[str, dict[str, Any]]:
+        """The deployment ledger: file name -> {group, sha256, deployed_at}."""
+        return _read_ledger(self._shared_loras_dir())
+
+    def _loras_in_queue(self) -> set[str]:
+        """Every `lora_name` in ComfyUI's running and pending prompts (`/queue` items carry the whole graph)."""
+        payload = self._json("GET", "/queue", "reading the queue")
+        names = set()
+        for key in ("queue_running", "queue_pending"):
+            for item in payload.get(key) or []:
+                graph = item[2] if isinstance(item, list) and len(item) > 2 and isinstance(item[2], dict) else {}
+                for node in graph.values():
+                    value = (node.get("inputs") or {}).get("lora_name") if isinstance(node, dict) else None
+                    if isinstance(value, str):
+                        names.add(value)
+        return names
 
     def _shared_loras_dir(self) -> Path:
         if self.loras_dir is None:
@@ -209,6 +323,7 @@ class ComfyUIEngine:
         Every request is validated against the server before the first still is uploaded."""
         if not clips:
             return []
+        self.check_video_checkpoint()
         sampler = self._node_info("KSampler")
         loader = "ImageOnlyCheckpointLoader"
         choices = ServerChoices(
@@ -224,6 +339,48 @@ class ComfyUIEngine:
             uploaded = self.upload_image(clip.still_png, _content_name(clip.still_png), _clip_where(index))
             jobs.append(_Job(index, clip, seed, self._video_graph(index, clip, seed, uploaded, choices)))
         return self._execute(jobs, progress, should_stop)
+
+    def check_video_checkpoint(self) -> None:
+        """Refuse a video checkpoint that is not Stable Video Diffusion before anything is queued.
+
+        ComfyUI's `ImageOnlyCheckpointLoader` lists every checkpoint and loads any of them; only an SVD checkpoint
+        holds the CLIP-vision encoder that `SVD_img2vid_Conditioning` needs, so another one fails mid-run with
+        `'NoneType' object has no attribute 'encode_image'`. The rule: (1) the image checkpoint is never an SVD
+        one; (2) when this host can read the file, its header must show SVD (CLIP-vision weights and temporal
+        layers); (3) otherwise its name must say svd, as every published SVD file does (svd.safetensors,
+        svd_xt.safetensors, svd_xt_1_1.safetensors).
+        """
+        name = self.video_checkpoint
+        fix = (
+            "set COMFYUI_VIDEO_CHECKPOINT to a Stable Video Diffusion checkpoint in ComfyUI's models/checkpoints "
+            "(svd_xt.safetensors from stabilityai/stable-video-diffusion-img2vid-xt), or set img2vid_clips to 0"
+        )
+        if name == self.checkpoint:
+            raise InputError(
+                "COMFYUI_VIDEO_CHECKPOINT", f"{name!r} is the image checkpoint (COMFYUI_CHECKPOINT), not SVD", fix
+            )
+        local = self._local_checkpoint(name)
+        if local is not None:
+            if not is_svd_checkpoint(read_header(local)):
+                raise InputError(
+                    "COMFYUI_VIDEO_CHECKPOINT",
+                    f"{local} is not a Stable Video Diffusion checkpoint: it has no CLIP-vision encoder and temporal "
+                    "layers, so ComfyUI's SVD conditioning would fail ('NoneType' object has no attribute "
+                    "'encode_image')",
+                    fix,
+                )
+            return
+        if "svd" not in name.lower():
+            raise InputError(
+                "COMFYUI_VIDEO_CHECKPOINT",
+                f"{name!r} does not look like a Stable Video Diffusion checkpoint (its name does not say svd, and "
+                f"the file is not readable here to check its header{self._checkpoints_dir_note()}); ComfyUI would "
+                "fail on it with 'NoneType' object has no attribute 'encode_image'",
+                f"{fix}; a renamed SVD file must keep 'svd' in its name unless this host can read it",
+            )
+
+    def _checkpoints_dir_note(self) -> str:
+        return f" under {self.checkpoints_dir}" if self.checkpoints_dir is not None else ""
 
     def _video_graph(
         self, index: int, clip: ClipRequest, seed: int, image: str, choices: ServerChoices
@@ -520,10 +677,10 @@ class ComfyUIEngine:
         read_timeout: float | None = None,
     ) -> requests.Response:
         """One bounded HTTP call; connection problems and timeouts become errors that say what to check."""
-        timeout = (self.connect_timeout_s, read_timeout or self.timeout_s)
+        timeout = (self.connect_timeout_s, read_timeout or self.http_timeout_s)
         try:
             return self._http.request(
-                method, self.url + path, json=json_body, params=params, files=files, data=data, timeout=timeout
+                method, self.endpoint + path, json=json_body, params=params, files=files, data=data, timeout=timeout
             )
         except requests.ConnectTimeout as exc:
             raise ComfyUIError(self._unreachable(what, f"no answer within {self.connect_timeout_s:g} s")) from exc
@@ -531,8 +688,8 @@ class ComfyUIEngine:
             raise ComfyUIError(self._unreachable(what, _reason(exc))) from exc
         except requests.Timeout as exc:
             raise ComfyUIError(
-                f"ComfyUI at {self.url} did not finish answering {what} within {timeout[1]:g} s; it may be "
-                "overloaded or stuck. Check its console, or raise timeout_s"
+                f"ComfyUI at {self.url} did not answer {what} within {timeout[1]:g} s (it answers these at once "
+                "even while rendering): it is frozen or overloaded. Check its console and restart it if it hangs"
             ) from exc
 
     def _unreachable(self, what: str, reason: str) -> str:
@@ -559,7 +716,7 @@ class _Watcher:
         self._next_poll = 0.0  # a socket that never connects means: poll from the start
 
     def __enter__(self) -> _Watcher:
-        scheme, rest = self._engine.url.split("://", 1)
+        scheme, rest = self._engine.endpoint.split("://", 1)
         url = f"{'wss' if scheme == 'https' else 'ws'}://{rest}/ws?clientId={self._client_id}"
         try:
             self._socket = websocket.create_connection(url, timeout=self._engine.connect_timeout_s)
@@ -767,7 +924,7 @@ def _json_body(response: requests.Response) -> dict[str, Any]:
         payload = None
     if not isinstance(payload, dict):
         raise ComfyUIError(
-            f"ComfyUI answered {response.url} with something that is not a JSON object "
+            f"ComfyUI answered {redact(response.url)} with something that is not a JSON object "
             f"({_snippet(response)!r}). Is COMFYUI_URL pointing at ComfyUI?"
         )
     return payload
@@ -818,3 +975,34 @@ def _atomic_copy(source: Path, target: Path) -> None:
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _read_ledger(folder: Path) -> dict[str, dict[str, Any]]:
+    path = folder / DEPLOYED_LEDGER
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring an unreadable deployment ledger %s (%s); older deployed LoRAs stay", path, exc)
+        return {}
+    files = payload.get("files") if isinstance(payload, dict) else None
+    return {str(k): v for k, v in files.items() if isinstance(v, dict)} if isinstance(files, dict) else {}
+
+
+def _write_ledger(folder: Path, ledger: dict[str, dict[str, Any]]) -> None:
+    path = folder / DEPLOYED_LEDGER
+    temporary = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
+    temporary.write_text(json.dumps({"version": 1, "files": ledger}, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(temporary, path)
+
+
+@contextlib.contextmanager
+def _ledger_lock(folder: Path) -> Iterator[None]:
+    """One deployer at a time edits the ledger (two personas' runs may deploy at once)."""
+    with (folder / DEPLOYED_LOCK).open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -21,6 +21,7 @@ from typing import Any
 
 from influencer_pipeline.errors import InputError
 from influencer_pipeline.generation.base import GenerationRequest, LoraRef
+from influencer_pipeline.generation.model_family import FAMILIES
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "comfy_workflows"
 TEMPLATE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
@@ -99,6 +100,25 @@ def load_template(name: str, directory: Path = TEMPLATES_DIR) -> WorkflowTemplat
         raise InputError(str(path), f"is not valid JSON ({exc})", "re-export it with 'Save (API)'") from exc
     _check_api_format(graph, str(path))
     return WorkflowTemplate(name=name, graph=graph, hash=workflow_hash(graph))
+
+
+def template_family(template: WorkflowTemplate) -> str | None:
+    """The base-model family the template's checkpoint loader is for, as its `_meta.family` declares it
+    (sd1, sd2 or sdxl; ComfyUI ignores `_meta` beyond the title). None when the template does not say."""
+    for node in template.graph.values():
+        if node.get("class_type") not in ("CheckpointLoaderSimple", "ImageOnlyCheckpointLoader"):
+            continue
+        family = (node.get("_meta") or {}).get("family")
+        if family is None:
+            continue
+        if family not in FAMILIES:
+            raise InputError(
+                f"workflow template {template.name!r}",
+                f"its checkpoint loader declares family {family!r}",
+                "use one of: " + ", ".join(FAMILIES),
+            )
+        return str(family)
+    return None
 
 
 def _check_api_format(graph: Any, where: str) -> None:

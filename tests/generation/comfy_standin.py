@@ -1,10 +1,19 @@
 """A protocol-faithful ComfyUI stand-in: HTTP and WebSocket on one loopback port, one worker thread.
 
-Written from `reference/comfyui-kohya.md` Part A, so that the engine is tested against the wire contract
-rather than against itself: `/prompt` validates graphs against this server's own `/object_info` and answers
-400 with ComfyUI-shaped `error` + `node_errors`; history entries, `/queue`, `/interrupt`, `/view` and the
-WebSocket frames (routing by `client_id`, `executing` with `node: null` after the history entry is written)
-follow the reference. Every image takes a fixed time on a single worker, so queue behaviour is measurable.
+Built from facts recorded from the real ComfyUI 0.3.64 (commit a125cd84, run on CPU; see
+`recordings/README.md`), so that the engine is tested against the real wire contract rather than against
+itself: `/object_info` serves the recorded node entries (with the live file lists in their COMBO inputs);
+`/prompt` validates graphs against them and answers 400 with ComfyUI-shaped `error` + `node_errors`; history
+entries, `/queue`, `/interrupt`, `/view` and the WebSocket frames (routing by `client_id`, `executing` with
+`node: null` after the history entry is written) have the recorded shapes. Every image takes a fixed time on a
+single worker, so queue behaviour is measurable.
+
+Stricter than ComfyUI: an input that is not in the recorded `/object_info` is a 400 here (ComfyUI silently ignores
+it, as `recordings/extra_input_ignored.json` shows), so a template or builder that drifts from the real node
+definitions fails its tests. Like ComfyUI, a LoRA of another base family than the checkpoint is *not* an error:
+the prompt succeeds and only `console` gets the recorded `ERROR lora ... shape ... is invalid` line
+(`recordings/lora_family_mismatch_*.json`), so the project's own family check is what must catch it. A non-SVD
+checkpoint in `ImageOnlyCheckpointLoader` fails in `SVD_img2vid_Conditioning` with the recorded AttributeError.
 
 It records what it received and misbehaves on demand (execution errors, 500s on submit, dropped sockets,
 prompts that never finish, refused connections, slow downloads) so every failure path can be exercised.
@@ -14,6 +23,7 @@ Everything runs on threads, so tests stay synchronous.
 from __future__ import annotations
 
 import contextlib
+import copy
 import email.parser
 import email.policy
 import http.server
@@ -21,10 +31,10 @@ import io
 import json
 import random
 import socket
+import struct
 import threading
 import time
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,48 +44,35 @@ from PIL import Image
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import ServerConnection, serve
 
-SAMPLERS = (
-    *("euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2", "dpm_2"),
-    *("dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp"),
-    *("dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu"),
-    *("dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ipndm"),
-    *("ipndm_v", "deis", "res_multistep", "res_multistep_cfg_pp", "res_multistep_ancestral"),
-    *("res_multistep_ancestral_cfg_pp", "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde", "seeds_2"),
-    *("seeds_3", "sa_solver", "sa_solver_pece", "ddim", "uni_pc", "uni_pc_bh2"),
-)
-SCHEDULERS = (
-    *("simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal", "linear_quadratic"),
-    "kl_optimal",
-)
-CHECKPOINTS = ("v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors", "svd_xt.safetensors")
+RECORDINGS = Path(__file__).parent / "recordings"
+
+
+def recording(name: str) -> Any:
+    """One recorded fact of the real ComfyUI (`recordings/<name>.json`)."""
+    return json.loads((RECORDINGS / f"{name}.json").read_text(encoding="utf-8"))
+
+
+RECORDED_NODES: dict[str, dict[str, Any]] = recording("object_info")["nodes"]
+RECORDED_VERSION: str = recording("object_info")["recorded_from"]["comfyui_version"]
+SAMPLERS = tuple(RECORDED_NODES["KSampler"]["input"]["required"]["sampler_name"][0])
+SCHEDULERS = tuple(RECORDED_NODES["KSampler"]["input"]["required"]["scheduler"][0])
+# Checkpoints the stand-in "has", with what a real file of that name is: its UNet cross-attention width (what a
+# LoRA's attn2 to_k/to_v input must match) and whether it is Stable Video Diffusion (has a CLIP-vision encoder).
+CHECKPOINT_FACTS = {
+    "v1-5-pruned-emaonly.safetensors": {"context_width": 768, "svd": False},
+    "sd_xl_base_1.0.safetensors": {"context_width": 2048, "svd": False},
+    "svd_xt.safetensors": {"context_width": 1024, "svd": True},
+}
+CHECKPOINTS = tuple(CHECKPOINT_FACTS)
 MODEL_EXTENSIONS = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft")
-MAX_RESOLUTION = 16384
-
-
-def _int(default: int, low: int, high: int, step: int = 1) -> list[Any]:
-    return ["INT", {"default": default, "min": low, "max": high, "step": step}]
-
-
-def _float(default: float, low: float, high: float, step: float = 0.01) -> list[Any]:
-    return ["FLOAT", {"default": default, "min": low, "max": high, "step": step}]
-
-
-def _node(name: str, required: dict[str, Any], outputs: Iterable[str], *, output_node: bool = False) -> dict[str, Any]:
-    """One `/object_info` entry in ComfyUI's V1 shape."""
-    outputs = list(outputs)
-    return {
-        "input": {"required": required, "optional": {}, "hidden": {}},
-        "input_order": {"required": list(required)},
-        "output": outputs,
-        "output_is_list": [False] * len(outputs),
-        "output_name": outputs,
-        "name": name,
-        "display_name": name,
-        "description": "",
-        "python_module": "nodes",
-        "category": "stand-in",
-        "output_node": output_node,
-    }
+# The file-list COMBO inputs: the recorded entries hold the recording machine's files; the stand-in's are live.
+FILE_LISTS = {
+    ("CheckpointLoaderSimple", "ckpt_name"): "checkpoints",
+    ("ImageOnlyCheckpointLoader", "ckpt_name"): "checkpoints",
+    ("LoraLoader", "lora_name"): "loras",
+    ("LoadImage", "image"): "input",
+}
+UNKNOWN_INPUT = "standin_unknown_input"  # our own error type: real ComfyUI ignores such inputs silently
 
 
 @dataclass
@@ -135,6 +132,7 @@ class ComfyStandin:
     view_delay_s: float = 0.0
     requests: list[Received] = field(default_factory=list)
     runs: dict[str, Run] = field(default_factory=dict)
+    console: list[str] = field(default_factory=list)  # what ComfyUI logs on its own console (never sent to clients)
 
     def __post_init__(self) -> None:
         self._lock = threading.Condition()
@@ -154,6 +152,8 @@ class ComfyStandin:
         self._failure: _Failure | None = None
         self._drop_after: int | None = None
         self._listener: socket.socket | None = None
+        self._thawed = threading.Event()
+        self._thawed.set()
         self.port = 0
 
     # ----- lifecycle -------------------------------------------------------------------------------------------
@@ -177,6 +177,7 @@ class ComfyStandin:
     def stop(self) -> None:
         self._stopping.set()
         self._interrupt.set()
+        self._thawed.set()
         self.refuse_connections()
         with self._lock:
             self._lock.notify_all()
@@ -209,6 +210,16 @@ class ComfyStandin:
         """The next `times` prompts raise at their first node of `node_type` (an `execution_error`)."""
         self._failure = _Failure(node_type, message, exception_type, times)
 
+    def freeze(self) -> None:
+        """Keep accepting connections but answer no HTTP request until `thaw()` (a hung server process)."""
+        self._thawed.clear()
+
+    def thaw(self) -> None:
+        self._thawed.set()
+
+    def wait_if_frozen(self) -> None:
+        self._thawed.wait()
+
     def drop_websockets_after(self, progress_frames: int) -> None:
         """Close every WebSocket abruptly once this many more `progress` frames have been sent."""
         self._drop_after = progress_frames
@@ -236,88 +247,14 @@ class ComfyStandin:
     # ----- object_info -----------------------------------------------------------------------------------------
 
     def object_info(self) -> dict[str, dict[str, Any]]:
-        """Rebuilt per request: file lists are read again, as ComfyUI does when a folder's mtime changes."""
-        ckpt = [list(self.checkpoints), {"tooltip": "The name of the checkpoint (model) to load."}]
-        model, clip, vae = ["MODEL", {}], ["CLIP", {}], ["VAE", {}]
-        nodes = [
-            _node("CheckpointLoaderSimple", {"ckpt_name": ckpt}, ["MODEL", "CLIP", "VAE"]),
-            _node(
-                "LoraLoader",
-                {
-                    "model": model,
-                    "clip": clip,
-                    "lora_name": [self._lora_files(), {}],
-                    "strength_model": _float(1.0, -100.0, 100.0),
-                    "strength_clip": _float(1.0, -100.0, 100.0),
-                },
-                ["MODEL", "CLIP"],
-            ),
-            _node("CLIPTextEncode", {"text": ["STRING", {"multiline": True}], "clip": clip}, ["CONDITIONING"]),
-            _node(
-                "EmptyLatentImage",
-                {
-                    "width": _int(512, 16, MAX_RESOLUTION, 8),
-                    "height": _int(512, 16, MAX_RESOLUTION, 8),
-                    "batch_size": _int(1, 1, 4096),
-                },
-                ["LATENT"],
-            ),
-            _node(
-                "KSampler",
-                {
-                    "model": model,
-                    "seed": _int(0, 0, 0xFFFFFFFFFFFFFFFF),
-                    "steps": _int(20, 1, 10000),
-                    "cfg": _float(8.0, 0.0, 100.0, 0.1),
-                    "sampler_name": [list(SAMPLERS), {}],
-                    "scheduler": [list(SCHEDULERS), {}],
-                    "positive": ["CONDITIONING", {}],
-                    "negative": ["CONDITIONING", {}],
-                    "latent_image": ["LATENT", {}],
-                    "denoise": _float(1.0, 0.0, 1.0),
-                },
-                ["LATENT"],
-            ),
-            _node("VAEDecode", {"samples": ["LATENT", {}], "vae": vae}, ["IMAGE"]),
-            _node(
-                "SaveImage",
-                {"images": ["IMAGE", {}], "filename_prefix": ["STRING", {"default": "ComfyUI"}]},
-                [],
-                output_node=True,
-            ),
-            _node("ImageOnlyCheckpointLoader", {"ckpt_name": ckpt}, ["MODEL", "CLIP_VISION", "VAE"]),
-            _node("LoadImage", {"image": [self._input_files(), {"image_upload": True}]}, ["IMAGE", "MASK"]),
-            _node(
-                "SVD_img2vid_Conditioning",
-                {
-                    "clip_vision": ["CLIP_VISION", {}],
-                    "init_image": ["IMAGE", {}],
-                    "vae": vae,
-                    "width": _int(1024, 16, MAX_RESOLUTION, 8),
-                    "height": _int(576, 16, MAX_RESOLUTION, 8),
-                    "video_frames": _int(14, 1, 4096),
-                    "motion_bucket_id": _int(127, 1, 1023),
-                    "fps": _int(6, 1, 1024),
-                    "augmentation_level": _float(0.0, 0.0, 10.0),
-                },
-                ["CONDITIONING", "CONDITIONING", "LATENT"],
-            ),
-            _node("VideoLinearCFGGuidance", {"model": model, "min_cfg": _float(1.0, 0.0, 100.0, 0.5)}, ["MODEL"]),
-            _node(
-                "SaveAnimatedWEBP",
-                {
-                    "images": ["IMAGE", {}],
-                    "filename_prefix": ["STRING", {"default": "ComfyUI"}],
-                    "fps": _float(6.0, 0.01, 1000.0),
-                    "lossless": ["BOOLEAN", {"default": True}],
-                    "quality": _int(80, 0, 100),
-                    "method": [["default", "fastest", "slowest"], {}],
-                },
-                [],
-                output_node=True,
-            ),
-        ]
-        return {node["name"]: node for node in nodes}
+        """The recorded entries, rebuilt per request with live file lists, as ComfyUI re-reads a folder whose
+        mtime changed."""
+        files = {"checkpoints": list(self.checkpoints), "loras": self._lora_files(), "input": self._input_files()}
+        nodes = copy.deepcopy(RECORDED_NODES)
+        for (node, name), kind in FILE_LISTS.items():
+            spec = nodes[node]["input"]["required"][name]
+            spec[0] = files[kind]
+        return nodes
 
     def _input_files(self) -> list[str]:
         with self._lock:
@@ -432,10 +369,8 @@ class ComfyStandin:
                     entry["dependent_outputs"].append(output)
         if good:
             return None, node_errors, good
-        details = "\n".join(
-            f"{e['message']}: {e['details']}" for entry in node_errors.values() for e in entry["errors"]
-        )
-        return _error("prompt_outputs_failed_validation", "Prompt outputs failed validation", details), node_errors, []
+        # 0.3.64 leaves `details` empty when the errors are per node (recordings/rejected_missing_*.json)
+        return _error("prompt_outputs_failed_validation", "Prompt outputs failed validation", ""), node_errors, []
 
     # ----- queue, history, interrupt ---------------------------------------------------------------------------
 
@@ -557,9 +492,8 @@ class ComfyStandin:
             self._current_node = node_id
             self._send(run, "executing", {"node": node_id, "display_node": node_id, "prompt_id": run.prompt_id})
             base = {"prompt_id": run.prompt_id, "node_id": node_id, "node_type": node_type, "executed": order[:index]}
-            if self._should_fail(node_type):
-                failure = self._failure
-                assert failure is not None
+            failure = self._failure if self._should_fail(node_type) else self._real_failure(run.graph, node_id)
+            if failure is not None:
                 self._message(
                     run,
                     messages,
@@ -574,6 +508,8 @@ class ComfyStandin:
                     },
                 )
                 return "error"
+            if node_type == "LoraLoader":
+                self._apply_lora(run.graph, node_id)
             if node_type == "KSampler" and not self._sample(run, node_id, deadline):
                 self._message(run, messages, "execution_interrupted", base)
                 return "interrupted"
@@ -587,6 +523,32 @@ class ComfyStandin:
         self._cache[signature] = dict(outputs)
         self._message(run, messages, "execution_success", {"prompt_id": run.prompt_id})
         return "success"
+
+    def _real_failure(self, graph: dict[str, Any], node_id: str) -> _Failure | None:
+        """What real ComfyUI raises for this node: SVD conditioning fed by a checkpoint without CLIP vision
+        (recordings/img2vid_not_svd_checkpoint.json)."""
+        if graph[node_id]["class_type"] != "SVD_img2vid_Conditioning":
+            return None
+        loader = graph[str(graph[node_id]["inputs"]["clip_vision"][0])]
+        if CHECKPOINT_FACTS.get(loader["inputs"]["ckpt_name"], {}).get("svd", False):
+            return None
+        return _Failure(
+            "SVD_img2vid_Conditioning", "'NoneType' object has no attribute 'encode_image'\n", "AttributeError", 1
+        )
+
+    def _apply_lora(self, graph: dict[str, Any], node_id: str) -> None:
+        """Like ComfyUI: a LoRA whose cross-attention width differs from the checkpoint's is skipped with an
+        ERROR line on the console, and the prompt still succeeds (recordings/lora_family_mismatch_*.json)."""
+        width = _checkpoint_width(graph, node_id)
+        if width is None or self.loras_dir is None:
+            return
+        name = graph[node_id]["inputs"]["lora_name"]
+        for key, lora_width, size in _lora_cross_attention(self.loras_dir / name):
+            if lora_width != width:
+                self.console.append(
+                    f"ERROR lora diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_{key}.weight shape "
+                    f"'[320, {width}]' is invalid for input of size {size}"
+                )
 
     def _should_fail(self, node_type: str) -> bool:
         with self._lock:
@@ -731,6 +693,7 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
 
     def _route(self, method: str) -> None:
         standin: ComfyStandin = self.server.standin
+        standin.wait_if_frozen()
         parts = urlsplit(self.path)
         path = parts.path.removeprefix("/api") or "/"
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
@@ -834,7 +797,13 @@ def _validate_node(
     inputs = graph[node_id].get("inputs") or {}
     errors: list[dict[str, Any]] = []
     upstream_ok = True
-    for name, spec in catalogue[graph[node_id]["class_type"]]["input"]["required"].items():
+    declared = catalogue[graph[node_id]["class_type"]]["input"]
+    known = {*declared.get("required", {}), *declared.get("optional", {})}
+    for name in inputs:
+        if name not in known:  # stricter than ComfyUI, which ignores it (recordings/extra_input_ignored.json)
+            message = f"Input not in the recorded /object_info of ComfyUI {RECORDED_VERSION}"
+            errors.append(_input_error(UNKNOWN_INPUT, message, f"{name}: known inputs are {sorted(known)}", name))
+    for name, spec in declared["required"].items():
         if name not in inputs:
             errors.append(_input_error("required_input_missing", "Required input is missing", name, name))
             continue
@@ -985,3 +954,29 @@ def _shutdown(client: socket.socket) -> None:
     with contextlib.suppress(OSError):
         client.shutdown(socket.SHUT_RDWR)
     client.close()
+
+
+def _checkpoint_width(graph: dict[str, Any], node_id: str) -> int | None:
+    """The context width of the checkpoint at the root of a LoraLoader chain."""
+    node = graph[node_id]
+    while node["class_type"] == "LoraLoader":
+        node = graph[str(node["inputs"]["model"][0])]
+    return CHECKPOINT_FACTS.get(node["inputs"].get("ckpt_name", ""), {}).get("context_width")
+
+
+def _lora_cross_attention(path: Path) -> list[tuple[str, int, int]]:
+    """(to_k or to_v, in-width, element count of up @ down) for each attn2 to_k/to_v pair in a LoRA file, read
+    from its safetensors header as ComfyUI's loader sees the shapes."""
+    try:
+        with path.open("rb") as fh:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(length))
+    except (OSError, ValueError, struct.error):
+        return []
+    found = []
+    for key, entry in header.items():
+        if key.endswith(("attn2_to_k.lora_down.weight", "attn2_to_v.lora_down.weight")):
+            rank, width = entry["shape"][:2]
+            up = header.get(key.replace("lora_down", "lora_up"), {}).get("shape", [320, rank])
+            found.append((key.split(".")[0][-1:], int(width), int(up[0]) * int(width)))
+    return found

@@ -9,6 +9,8 @@ import io
 import itertools
 import json
 import random
+import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,6 +27,7 @@ from influencer_pipeline.generation.base import ClipRequest, GenerationRequest, 
 from influencer_pipeline.generation.comfyui import ComfyUIEngine, ComfyUIError, combo_options, describe_rejection
 from influencer_pipeline.generation.workflows import build_txt2img, load_template
 from tests.generation.comfy_standin import ComfyStandin, Run
+from tests.generation.loras import write_lora
 
 SD15 = "v1-5-pruned-emaonly.safetensors"
 FOREIGN = "someone-else"
@@ -165,16 +168,16 @@ def test_identical_prompts_are_served_from_comfyuis_cache(standin: ComfyStandin)
 
 
 def test_deploy_copies_the_lora_and_waits_until_comfyui_lists_it(standin: ComfyStandin, tmp_path: Path) -> None:
-    trained = tmp_path / "trained" / "pytorch_lora_weights.safetensors"
-    trained.parent.mkdir()
-    trained.write_bytes(b"lora weights v1")
+    trained = write_lora(tmp_path / "trained" / "pytorch_lora_weights.safetensors")
     engine = make_engine(standin)
 
     name = engine.deploy_lora(trained, "ava-v1")
     assert name == "ava-v1.safetensors"
-    assert (standin.loras_dir / name).read_bytes() == b"lora weights v1"
+    assert (standin.loras_dir / name).read_bytes() == trained.read_bytes()
     assert name in combo_options(standin.object_info()["LoraLoader"], "LoraLoader", "lora_name")
-    assert [p.name for p in standin.loras_dir.iterdir()] == [name], "no temporary file is left behind"
+    assert sorted(p.name for p in standin.loras_dir.iterdir() if not p.name.startswith(".")) == [name], (
+        "no temporary file is left behind"
+    )
 
     images = engine.generate([GenerationRequest(prompt="ohwx", loras=(LoraRef(name, 0.7),))])
     assert images[0].params["loras"] == [{"name": name, "strength": 0.7}]
@@ -183,8 +186,7 @@ def test_deploy_copies_the_lora_and_waits_until_comfyui_lists_it(standin: ComfyS
 
 
 def test_deploy_skips_identical_content_and_replaces_changed_content(standin: ComfyStandin, tmp_path: Path) -> None:
-    trained = tmp_path / "ava.safetensors"
-    trained.write_bytes(b"v1")
+    trained = write_lora(tmp_path / "ava.safetensors", seed=1)
     engine = make_engine(standin)
     engine.deploy_lora(trained, "ava.safetensors")
     deployed = standin.loras_dir / "ava.safetensors"
@@ -193,17 +195,16 @@ def test_deploy_skips_identical_content_and_replaces_changed_content(standin: Co
     engine.deploy_lora(trained, "ava.safetensors")
     assert deployed.stat().st_ino == first_inode, "identical content is not copied again"
 
-    trained.write_bytes(b"v2")
+    write_lora(trained, seed=2)
     engine.deploy_lora(trained, "ava.safetensors")
-    assert deployed.read_bytes() == b"v2"
-    assert [p.name for p in standin.loras_dir.iterdir()] == ["ava.safetensors"]
+    assert deployed.read_bytes() == trained.read_bytes()
+    assert [p.name for p in standin.loras_dir.iterdir() if not p.name.startswith(".")] == ["ava.safetensors"]
 
 
 def test_deploy_to_a_folder_comfyui_does_not_read_times_out_clearly(standin: ComfyStandin, tmp_path: Path) -> None:
     elsewhere = tmp_path / "not-shared"
     elsewhere.mkdir()
-    trained = tmp_path / "ava.safetensors"
-    trained.write_bytes(b"weights")
+    trained = write_lora(tmp_path / "ava.safetensors")
     engine = ComfyUIEngine(standin.url, elsewhere, SD15, poll_interval_s=0.05, deploy_timeout_s=0.3)
     started = time.monotonic()
     with pytest.raises(ComfyUIError, match=r"does not list the LoRA 'ava\.safetensors'.*shared folder path"):
@@ -212,8 +213,7 @@ def test_deploy_to_a_folder_comfyui_does_not_read_times_out_clearly(standin: Com
 
 
 def test_deploy_needs_a_shared_folder_and_a_plain_name(standin: ComfyStandin, tmp_path: Path) -> None:
-    trained = tmp_path / "ava.safetensors"
-    trained.write_bytes(b"weights")
+    trained = write_lora(tmp_path / "ava.safetensors")
     with pytest.raises(ComfyUIError, match="no shared loras folder"):
         ComfyUIEngine(standin.url, None, SD15).deploy_lora(trained, "ava")
     with pytest.raises(ComfyUIError, match="does not exist here"):
@@ -414,11 +414,32 @@ def test_a_prompt_that_never_finishes_times_out_and_is_cancelled(standin: ComfyS
 
 
 def test_a_slow_download_times_out(standin: ComfyStandin) -> None:
-    standin.view_delay_s = 2
-    started = time.monotonic()
-    with pytest.raises(ComfyUIError, match=r"did not finish answering downloading .* within 0\.3 s"):
-        make_engine(standin, timeout_s=0.3).generate(prompts(1))
-    assert time.monotonic() - started < 1.5
+    standin.view_delay_s = 30
+    with pytest.raises(ComfyUIError, match=r"did not answer downloading .* within 0\.3 s"):
+        make_engine(standin, http_timeout_s=0.3).generate(prompts(1))
+
+
+def test_a_frozen_server_is_noticed_within_the_short_http_timeout_not_the_image_timeout(
+    standin: ComfyStandin,
+) -> None:
+    """`timeout_s` (600 s by default) is how long one image may take; an ordinary HTTP call that hangs (a frozen
+    server accepts connections but never answers) must fail within `http_timeout_s` instead."""
+    engine = make_engine(standin, timeout_s=600, http_timeout_s=0.3)
+    standin.freeze()
+    outcome: list[BaseException | object] = []
+    worker = threading.Thread(target=lambda: outcome.append(_outcome(lambda: engine.generate(prompts(1)))))
+    worker.start()
+    worker.join(timeout=60)  # generous: a busy machine is slow, but nowhere near the 600 s image timeout
+    assert not worker.is_alive(), "the engine was still waiting on a frozen server after 60 s"
+    assert isinstance(outcome[0], ComfyUIError)
+    assert re.search(r"did not answer reading /object_info/KSampler within 0\.3 s.*frozen", str(outcome[0]))
+
+
+def _outcome(call: Callable[[], object]) -> BaseException | object:
+    try:
+        return call()
+    except BaseException as exc:
+        return exc
 
 
 def test_a_prompt_comfyui_forgot_is_an_error_not_a_wait(standin: ComfyStandin) -> None:
