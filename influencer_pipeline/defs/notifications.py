@@ -41,7 +41,7 @@ class NotifierResource(dg.ConfigurableResource):
     webhook_urls: str = ""  # comma-separated; from dg.EnvVar("NOTIFY_WEBHOOK_URLS")
     slack_webhook_url: str = ""  # from dg.EnvVar("NOTIFY_SLACK_WEBHOOK_URL")
     webhook_secret: str = ""  # from dg.EnvVar("NOTIFY_WEBHOOK_SECRET")
-    ui_url: str = ""  # DAGSTER_UI_URL
+    ui_url: str = ""  # from dg.EnvVar("DAGSTER_UI_URL")
 
     def webhooks(self) -> list[Webhook]:
         generic = [Webhook(url.strip()) for url in self.webhook_urls.split(",") if url.strip()]
@@ -74,7 +74,7 @@ def notifier_resource_from_env() -> NotifierResource:
         webhook_urls=_env_var("NOTIFY_WEBHOOK_URLS"),
         slack_webhook_url=_env_var("NOTIFY_SLACK_WEBHOOK_URL"),
         webhook_secret=_env_var("NOTIFY_WEBHOOK_SECRET"),
-        ui_url=os.environ.get("DAGSTER_UI_URL", ""),
+        ui_url=_env_var("DAGSTER_UI_URL"),  # a URL may carry user:password@ (a proxy's basic auth)
     )
 
 

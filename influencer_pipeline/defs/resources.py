@@ -1,7 +1,9 @@
 """Resources: which engine each role uses, chosen from environment variables at load time.
 
 Unset variables mean the embedded defaults (local media folder, no caption model); see README for the list.
-Secrets are passed as `dg.EnvVar` so their values are read at run time and never stored in definitions.
+Every setting that can carry a credential (API keys, and every URL: `user:password@host` and `?token=` put one
+in a URL) is passed as `dg.EnvVar` (`SECRET_ENV_VARS`): the definitions then hold only the variable's name, so
+neither the webserver's resource view nor GraphQL can show the value, and the run reads it at start.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ class TrainerResource(dg.ConfigurableResource):
 
     kohya_sd_scripts: str = ""
     accelerate: str = "accelerate"
+    kohya_tokenizer_cache_dir: str = ""  # sd-scripts' --tokenizer_cache_dir: the CLIP tokenizers, read offline
     device: str = "auto"
     work_dir: str = "work"  # local scratch: dataset copies, trainer output (kept for resume), tiny-model cache
 
@@ -99,7 +102,12 @@ class TrainerResource(dg.ConfigurableResource):
         if self.kohya_sd_scripts:
             from influencer_pipeline.training.kohya import KohyaTrainer
 
-            return KohyaTrainer(Path(self.kohya_sd_scripts), accelerate=shlex.split(self.accelerate))
+            return KohyaTrainer(
+                Path(self.kohya_sd_scripts),
+                accelerate=shlex.split(self.accelerate),
+                tokenizer_cache_dir=Path(self.kohya_tokenizer_cache_dir) if self.kohya_tokenizer_cache_dir else None,
+                device=self.device,
+            )
         from influencer_pipeline.training.embedded import EmbeddedTrainer
 
         return EmbeddedTrainer(cache_dir=Path(self.work_dir) / "models", device=self.device)
@@ -108,7 +116,7 @@ class TrainerResource(dg.ConfigurableResource):
 class ImageEngineResource(dg.ConfigurableResource):
     """Image engine: ComfyUI when `comfyui_url` is set, else the embedded diffusers pipeline."""
 
-    comfyui_url: str = ""
+    comfyui_url: str = ""  # from dg.EnvVar("COMFYUI_URL"): may carry user:password@
     comfyui_loras_dir: str = ""  # ComfyUI's models/loras, shared with this host (mount or sync)
     comfyui_checkpoint: str = "v1-5-pruned-emaonly.safetensors"
     comfyui_template: str = "sd15-lora-txt2img"
@@ -158,7 +166,7 @@ class WriterResource(dg.ConfigurableResource):
     """Plan writer: an OpenAI-compatible chat API (OpenRouter by default) when a key or URL is set, else templates."""
 
     api_key: str = ""  # from dg.EnvVar("OPENROUTER_API_KEY"): read at run time, never stored or logged
-    base_url: str = ""
+    base_url: str = ""  # from dg.EnvVar("WRITER_BASE_URL")
     model: str = "openai/gpt-4o-mini"
     timeout_s: float = 60.0
     max_retries: int = 4
@@ -190,7 +198,7 @@ class VoiceResource(dg.ConfigurableResource):
     checkpoint, else the script spread over the voiced parts of the track.
     """
 
-    base_url: str = ""
+    base_url: str = ""  # from dg.EnvVar("TTS_BASE_URL")
     api_key: str = ""  # from dg.EnvVar("TTS_API_KEY")
     model: str = "tts-1"
     voice: str = ""  # empty: the persona's `voice` for espeak-ng, "alloy" for the API
@@ -232,8 +240,28 @@ class UploadPolicy(dg.ConfigurableResource):
     full_scan_seconds: float = 300.0
 
 
+# Settings whose value may be (or contain) a credential: never passed to a resource as a plain string.
+SECRET_ENV_VARS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "S3_ENDPOINT_URL",
+    "COMFYUI_URL",
+    "OPENROUTER_API_KEY",
+    "WRITER_BASE_URL",
+    "TTS_BASE_URL",
+    "TTS_API_KEY",
+    "POST_LEDGER_URL",
+)
+
+
 def _optional_env(name: str) -> dg.EnvVar | None:
+    """An EnvVar only when the variable is set: an EnvVar naming an unset variable fails every run at start."""
     return dg.EnvVar(name) if os.environ.get(name) else None
+
+
+def _secret_env(name: str) -> dg.EnvVar | str:
+    """A credential-bearing string setting: its EnvVar when set, else "" (the setting's "not configured")."""
+    return _optional_env(name) or ""
 
 
 def media_store_from_env() -> MediaStoreResource:
@@ -242,7 +270,7 @@ def media_store_from_env() -> MediaStoreResource:
     if not bucket:
         return LocalMediaStoreResource(root=os.path.abspath(os.environ.get("MEDIA_ROOT", "media")))
     s3 = S3Resource(
-        endpoint_url=os.environ.get("S3_ENDPOINT_URL") or None,
+        endpoint_url=_optional_env("S3_ENDPOINT_URL"),
         region_name=os.environ.get("AWS_REGION", "us-east-1"),
         aws_access_key_id=_optional_env("AWS_ACCESS_KEY_ID"),
         aws_secret_access_key=_optional_env("AWS_SECRET_ACCESS_KEY"),
@@ -264,11 +292,12 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
         "trainer": TrainerResource(
             kohya_sd_scripts=env("KOHYA_SD_SCRIPTS", ""),
             accelerate=env("KOHYA_ACCELERATE", "accelerate"),
+            kohya_tokenizer_cache_dir=env("KOHYA_TOKENIZER_CACHE_DIR", ""),
             device=env("TRAINING_DEVICE", "auto"),
             work_dir=work_dir,
         ),
         "image_engine": ImageEngineResource(
-            comfyui_url=env("COMFYUI_URL", ""),
+            comfyui_url=_secret_env("COMFYUI_URL"),
             comfyui_loras_dir=env("COMFYUI_LORAS_DIR", ""),
             comfyui_checkpoint=env("COMFYUI_CHECKPOINT", "v1-5-pruned-emaonly.safetensors"),
             comfyui_template=env("COMFYUI_TEMPLATE", "sd15-lora-txt2img"),
@@ -279,13 +308,13 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
             consistency_clip_model=env("CONSISTENCY_CLIP_MODEL", ""),
         ),
         "writer": WriterResource(
-            api_key=_optional_env("OPENROUTER_API_KEY") or "",
-            base_url=env("WRITER_BASE_URL", ""),
+            api_key=_secret_env("OPENROUTER_API_KEY"),
+            base_url=_secret_env("WRITER_BASE_URL"),
             model=env("WRITER_MODEL", "openai/gpt-4o-mini"),
         ),
         "voice": VoiceResource(
-            base_url=env("TTS_BASE_URL", ""),
-            api_key=_optional_env("TTS_API_KEY") or "",
+            base_url=_secret_env("TTS_BASE_URL"),
+            api_key=_secret_env("TTS_API_KEY"),
             model=env("TTS_MODEL", "tts-1"),
             voice=env("TTS_VOICE", ""),
             whisper_model=env("WHISPER_MODEL", ""),
@@ -293,7 +322,7 @@ def resources_from_env() -> dict[str, dg.ConfigurableResource]:
         "publishing": PublishingResource(
             mode=env("PUBLISH_MODE", "outbox"),
             outbox_dir=os.path.abspath(env("OUTBOX_DIR", "outbox")),
-            ledger_url=env("POST_LEDGER_URL", ""),
+            ledger_url=_secret_env("POST_LEDGER_URL"),
             work_dir=work_dir,
         ),
     }
