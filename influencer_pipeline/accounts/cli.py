@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from influencer_pipeline.accounts.oauth import Accounts, OAuthError, account_health, utcnow
-from influencer_pipeline.accounts.providers import PLATFORMS
+from influencer_pipeline.accounts.providers import BUILTIN, LOGINS, PLATFORMS
 from influencer_pipeline.accounts.store import Account, AccountNotFound, AccountStore, TokenIntegrityError
 from influencer_pipeline.errors import InputError
 from influencer_pipeline.personas import validate_slug
@@ -32,6 +32,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     link.add_argument("--callback-url", help="public HTTPS redirect URI registered with the app (required for Meta)")
     link.add_argument("--listen-port", type=int, help="local port a tunnel forwards the public callback to")
     link.add_argument("--page", help="Facebook: the Page to post as (name or id) when the account manages several")
+    link.add_argument(
+        "--login",
+        choices=sorted({login for _, login in LOGINS}),
+        help="instagram only: 'instagram' (Instagram Login, graph.instagram.com; the default) or 'facebook' "
+        "(Facebook Login through the Page the Instagram account is connected to, graph.facebook.com)",
+    )
     link.add_argument("--no-browser", action="store_true", help="print the sign-in address instead of opening it")
     link.set_defaults(run=_guarded(_link))
 
@@ -81,10 +87,11 @@ def _link(args: argparse.Namespace) -> int:
         callback_url=args.callback_url,
         listen_port=args.listen_port,
         page=args.page,
+        login=args.login,
         open_browser=None if args.no_browser else webbrowser.open,
     )
     print(
-        f"linked {account.platform} account {account.display_name!r} ({account.account_id}) to persona "
+        f"linked {_platform(account)} account {account.display_name!r} ({account.account_id}) to persona "
         f"{account.persona}; scopes: {_scopes(account)}; token valid until {_expiry(account.expires_at)}"
     )
     return 0
@@ -99,7 +106,7 @@ def _list(args: argparse.Namespace) -> int:
     rows = [("PLATFORM", "PERSONA", "ACCOUNT", "SCOPES", "EXPIRES", "HEALTH")]
     rows += [
         (
-            account.platform,
+            _platform(account),
             account.persona,
             f"{account.display_name} ({account.account_id})",
             _scopes(account),
@@ -131,6 +138,13 @@ def _rotate(args: argparse.Namespace) -> int:
     count = AccountStore.from_env().rotate_keys()
     print(f"re-encrypted the tokens of {count} account(s) with the first key; older keys can now be removed")
     return 0
+
+
+def _platform(account: Account) -> str:
+    """The platform, and the login when it is not the platform's default (Instagram through Facebook Login)."""
+    if account.login == BUILTIN[account.platform].login_type:
+        return account.platform
+    return f"{account.platform} ({account.login} login)"
 
 
 def _scopes(account: Account) -> str:

@@ -43,7 +43,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import requests
 
-from influencer_pipeline.accounts.providers import BUILTIN, PkceEncoding, Provider, provider_for
+from influencer_pipeline.accounts.providers import (
+    FACEBOOK_LOGIN,
+    LOGINS,
+    PkceEncoding,
+    Provider,
+    default_login,
+    provider_for,
+)
 from influencer_pipeline.accounts.store import (
     HEALTH_RECONNECT,
     Account,
@@ -300,10 +307,13 @@ class OAuthClient:
         self.clock = clock
 
     @classmethod
-    def from_env(cls, platform: str, environ: Mapping[str, str] = os.environ, **kwargs: Any) -> OAuthClient:
-        """The provider (re-homed by `<PLATFORM>_OAUTH_BASE_URL`) and app credentials from the environment.
-        Missing credentials only fail the calls that need them (Instagram refresh and Google revoke do not)."""
-        provider = provider_for(platform, environ)
+    def from_env(
+        cls, platform: str, environ: Mapping[str, str] = os.environ, login: str | None = None, **kwargs: Any
+    ) -> OAuthClient:
+        """The provider for `login` (re-homed by `<PLATFORM>_OAUTH_BASE_URL`) and app credentials from the
+        environment. Missing credentials only fail the calls that need them (Instagram refresh and Google revoke
+        do not)."""
+        provider = provider_for(platform, environ, login)
         client_id, secret = environ.get(provider.client_id_env, ""), environ.get(provider.client_secret_env, "")
         credentials = ClientCredentials(client_id, Secret(secret)) if client_id and secret else None
         return cls(provider, credentials, **kwargs)
@@ -405,6 +415,8 @@ class OAuthClient:
         scopes = tokens.scopes or ()
         if self.provider.platform == "facebook":
             return self._identify_page(tokens, page)
+        if self.provider.platform == "instagram" and self.provider.login_type == FACEBOOK_LOGIN:
+            return self._identify_instagram_page(tokens, page)
         if self.provider.platform == "instagram":
             query = {"fields": "user_id,username", "access_token": tokens.access.reveal()}
             me = self._call("GET", self.provider.identity_url, "identity", query=query)
@@ -467,6 +479,37 @@ class OAuthClient:
             scopes=tokens.scopes,
         )
         identity = Identity(_field(chosen, "id", "facebook"), str(chosen.get("name", "")), tokens.scopes or ())
+        return identity, page_tokens
+
+    def _identify_instagram_page(self, tokens: TokenSet, page: str | None) -> tuple[Identity, TokenSet]:
+        """Instagram through Facebook Login: the Instagram professional account connected to a granted Page.
+
+        The Page's token is what is stored (it does not expire); the user token stays in the refresh slot for
+        revocation. https://developers.facebook.com/docs/instagram-platform/instagram-api-with-facebook-login/
+        """
+        query = {
+            "fields": "id,name,access_token,instagram_business_account{id,username}",
+            "access_token": tokens.access.reveal(),
+        }
+        pages = self._call("GET", self.provider.identity_url, "pages", query=query).get("data") or []
+        connected = [p for p in pages if isinstance(p.get("instagram_business_account"), dict)]
+        if pages and not connected:
+            raise OAuthError(
+                "instagram: none of the granted Pages has an Instagram professional account connected. Fix: connect "
+                "the Instagram account to its Facebook Page (Page settings > Linked accounts), then link again"
+            )
+        chosen = _choose_page(connected, page)
+        instagram = chosen["instagram_business_account"]
+        page_tokens = TokenSet(
+            access=Secret(_field(chosen, "access_token", "instagram")),
+            refresh=tokens.access,
+            expires_at=None,
+            refresh_expires_at=tokens.expires_at,
+            scopes=tokens.scopes,
+        )
+        identity = Identity(
+            _field(instagram, "id", "instagram"), str(instagram.get("username", "")), tokens.scopes or ()
+        )
         return identity, page_tokens
 
     def _permissions(self, tokens: TokenSet) -> tuple[str, ...]:
@@ -598,7 +641,7 @@ def account_health(account: Account, now: datetime) -> str:
     expired, or needs reconnect (the platform refused the tokens)."""
     if account.health == HEALTH_RECONNECT:
         return "needs reconnect"
-    provider = BUILTIN[account.platform]
+    provider = LOGINS[(account.platform, account.login or default_login(account.platform))]
     dies_at = account.refresh_expires_at if provider.refresh == "refresh_token" else account.expires_at
     if dies_at is None or dies_at - now > EXPIRY_WARNING:
         return "ok"
@@ -611,7 +654,7 @@ class Accounts:
     def __init__(
         self,
         store: AccountStore,
-        clients: Callable[[str], OAuthClient] | None = None,
+        clients: Callable[[str, str], OAuthClient] | None = None,
         *,
         clock: Clock = utcnow,
         lease: timedelta = REFRESH_LEASE,
@@ -621,8 +664,10 @@ class Accounts:
         self.clock = clock
         self.lease = lease
         self.poll_s = poll_s
-        self._make_client = clients or (lambda platform: OAuthClient.from_env(platform, clock=clock))
-        self._clients: dict[str, OAuthClient] = {}
+        self._make_client = clients or (
+            lambda platform, login: OAuthClient.from_env(platform, login=login, clock=clock)
+        )
+        self._clients: dict[tuple[str, str], OAuthClient] = {}
         self._states = PendingStates(clock)
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._guard = threading.Lock()
@@ -635,11 +680,13 @@ class Accounts:
     def __repr__(self) -> str:
         return f"Accounts(store={self.store!r})"
 
-    def client(self, platform: str) -> OAuthClient:
+    def client(self, platform: str, login: str | None = None) -> OAuthClient:
+        """The OAuth client for linking `platform` with `login` (default: the platform's own login)."""
+        key = (platform, login or default_login(platform))
         with self._guard:
-            if platform not in self._clients:
-                self._clients[platform] = self._make_client(platform)
-            return self._clients[platform]
+            if key not in self._clients:
+                self._clients[key] = self._make_client(*key)
+            return self._clients[key]
 
     def account(self, persona: str, platform: str) -> Account:
         return self.store.get(persona, platform)
@@ -652,14 +699,16 @@ class Accounts:
         callback_url: str | None = None,
         listen_port: int | None = None,
         page: str | None = None,
+        login: str | None = None,
         open_browser: Callable[[str], object] | None = webbrowser.open,
         read_redirect: Callable[[str], str] = input,
         say: Callable[[str], None] = print,
         timeout_s: float = STATE_TTL.total_seconds(),
     ) -> Account:
         """Run the sign-in and store the account. The redirect arrives at a loopback listener, at `listen_port`
-        behind a public `callback_url`, or (public callback without a listener) is pasted by the person."""
-        client = self.client(platform)
+        behind a public `callback_url`, or (public callback without a listener) is pasted by the person.
+        `login` picks how (Instagram: `instagram`, the default, or `facebook`); the account records it."""
+        client = self.client(platform, login)
         with _callback_channel(client.provider, callback_url, listen_port) as receiver:
             redirect_uri = callback_url or (receiver.redirect_uri if receiver else "")
             pending = client.begin(persona, redirect_uri, self._states)
@@ -674,7 +723,7 @@ class Accounts:
                 callback = dict(parse_qsl(urlsplit(pasted.strip()).query))
             tokens = client.finish(callback, self._states, persona)
             identity, tokens = client.identify(tokens, page)
-        account = self.store.save_link(persona, platform, identity, tokens, self.clock())
+        account = self.store.save_link(persona, platform, identity, tokens, self.clock(), client.provider.login_type)
         log.info("linked %s account %r (%s) to %s", platform, identity.display_name, identity.account_id, persona)
         return account
 
@@ -714,7 +763,7 @@ class Accounts:
         return note
 
     def _revoke(self, account: Account) -> str:
-        client = self.client(account.platform)
+        client = self.client(account.platform, account.login)
         hint = client.provider.unlink_hint
         if client.provider.revoke is None:
             return f"removed here; {hint}"
@@ -737,14 +786,15 @@ class Accounts:
         access = self.store.read_tokens(account).access.reveal()
         if rejected is not None and hmac.compare_digest(access.encode(), rejected.encode()):
             return None
-        margin = self.client(account.platform).provider.refresh_margin
+        margin = self.client(account.platform, account.login).provider.refresh_margin
         if account.expires_at is not None and account.expires_at - self.clock() <= margin:
             return None
         return access
 
     def _refresh_single_flight(self, persona: str, platform: str, rejected: str | None) -> str:
         """Take the row's lease and refresh, or wait for the holder and use what it stored."""
-        deadline = time.monotonic() + self.lease.total_seconds() + self.client(platform).timeout_s
+        login = self.store.get(persona, platform).login
+        deadline = time.monotonic() + self.lease.total_seconds() + self.client(platform, login).timeout_s
         while True:
             account = self.store.get(persona, platform)
             token = self._usable(account, rejected)
@@ -759,7 +809,7 @@ class Accounts:
             time.sleep(self.poll_s)
 
     def _refresh_leased(self, account: Account, owner: str, rejected: str | None) -> str:
-        client = self.client(account.platform)
+        client = self.client(account.platform, account.login)
         stored = self.store.read_tokens(account)
         saved = False
         try:

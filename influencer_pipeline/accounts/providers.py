@@ -1,15 +1,25 @@
 """Per-platform OAuth facts: endpoints, scopes, PKCE, redirect rules, token lifetimes, refresh and revocation.
 
-Everything here is data taken from `reference/social-apis.md` sections 1.2, 2.1, 3.1, 4.1 and 5; the flows that
-use it live in `oauth.py`. Keeping the rules as data makes the differences between platforms reviewable in one
-table and lets tests point every endpoint at a stand-in by swapping the scheme and host (`with_base_url`).
+Everything here is data; the flows that use it live in `oauth.py`. Keeping the rules as data makes the differences
+between platforms reviewable in one table and lets tests point every endpoint at a stand-in (`with_base_url`,
+which keeps the real host in the path: see `influencer_pipeline.endpoints.rehome`).
 
-Instagram uses **Instagram Login** (Business Login for Instagram, `graph.instagram.com`), not Facebook Login:
-it needs no Facebook Page, its 60-day token can be refreshed server-side (`ig_refresh_token`) so a linked
-account keeps working without the person logging in again, and the token it returns is the one the publishing
-calls take. The price: it has no revocation endpoint (unlinking tells the person where to remove the app), it
-documents no PKCE (the single-use `state`, the app secret and the HTTPS callback protect the exchange) and videos
-must be pulled from a public URL (no `rupload`), which the images need anyway.
+Instagram is linked one of two ways, and the account remembers which (`Account.login`), because the publishing
+API differs between them:
+https://developers.facebook.com/docs/instagram-platform/instagram-api-with-instagram-login/content-publishing
+https://developers.facebook.com/docs/instagram-platform/instagram-api-with-facebook-login/content-publishing
+
+- **Instagram Login** (Business Login for Instagram, the default): calls go to `graph.instagram.com` with an
+  Instagram user token. It needs no Facebook Page, its 60-day token can be refreshed server-side
+  (`ig_refresh_token`) so a linked account keeps working without the person logging in again. The price: it has
+  no revocation endpoint (unlinking tells the person where to remove the app), it documents no PKCE (the
+  single-use `state`, the app secret and the HTTPS callback protect the exchange) and videos must be pulled from
+  a public URL: the resumable upload (`rupload`) is "available only for apps that have implemented Facebook Login
+  for Business" (https://developers.facebook.com/docs/instagram-platform/content-publishing/resumable-uploads).
+- **Facebook Login** (`--login facebook`): for an Instagram professional account connected to a Facebook Page.
+  Calls go to `graph.facebook.com` with the Page's token, found through `/me/accounts`'s
+  `instagram_business_account`; videos can be pushed with `rupload`. Page tokens do not expire, and the user token
+  they were fetched with is kept in the refresh slot because it is what revokes the grant.
 
 Facebook Pages uses Facebook Login: the stored access token is the Page token (it does not expire), and the
 long-lived user token it was fetched with is stored in the refresh slot because it is what revokes the grant
@@ -23,11 +33,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import timedelta
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
 
+from influencer_pipeline.endpoints import GRAPH_API_VERSION, GRAPH_FACEBOOK, GRAPH_INSTAGRAM, rehome
 from influencer_pipeline.errors import InputError
 
-GRAPH_API_VERSION = "v24.0"  # Meta Graph API version used by the Facebook and Instagram endpoints
+INSTAGRAM_LOGIN = "instagram"  # Business Login for Instagram: graph.instagram.com
+FACEBOOK_LOGIN = "facebook"  # Facebook Login (for Business): graph.facebook.com
 
 PkceEncoding = Literal["base64url", "hex"]
 LongLivedGrant = Literal["ig_exchange_token", "fb_exchange_token"]
@@ -41,6 +52,7 @@ class Provider:
 
     platform: str
     login: str  # the login product's name, for messages
+    login_type: str  # what `Account.login` records: which login, hence which API host, the tokens belong to
     client_id_env: str
     client_secret_env: str
     authorize_url: str
@@ -66,24 +78,23 @@ class Provider:
     setup_hint: str = ""  # what to register in the platform's developer console
 
     def with_base_url(self, base_url: str) -> Provider:
-        """The same provider with every endpoint's scheme and host (plus any base path) taken from `base_url`."""
-        base = urlsplit(base_url.rstrip("/"))
+        """The same provider with every endpoint sent to `base_url`, the real host kept in the path (`rehome`)."""
         changes = {}
         for item in fields(self):
             value = getattr(self, item.name)
             if item.name.endswith("_url") and value:
-                url = urlsplit(value)
-                changes[item.name] = urlunsplit((base.scheme, base.netloc, base.path + url.path, url.query, ""))
+                changes[item.name] = rehome(value, base_url)
         return replace(self, **changes)
 
 
-_GRAPH_FB = f"https://graph.facebook.com/{GRAPH_API_VERSION}"
-_GRAPH_IG = "https://graph.instagram.com"
+_GRAPH_FB = f"{GRAPH_FACEBOOK}/{GRAPH_API_VERSION}"
+_GRAPH_IG = GRAPH_INSTAGRAM
 
 BUILTIN: dict[str, Provider] = {
     "instagram": Provider(
         platform="instagram",
         login="Instagram Login (Business Login for Instagram)",
+        login_type=INSTAGRAM_LOGIN,
         client_id_env="INSTAGRAM_CLIENT_ID",
         client_secret_env="INSTAGRAM_CLIENT_SECRET",
         authorize_url="https://www.instagram.com/oauth/authorize",
@@ -103,6 +114,7 @@ BUILTIN: dict[str, Provider] = {
     "facebook": Provider(
         platform="facebook",
         login="Facebook Login",
+        login_type=FACEBOOK_LOGIN,
         client_id_env="FACEBOOK_CLIENT_ID",
         client_secret_env="FACEBOOK_CLIENT_SECRET",
         authorize_url=f"https://www.facebook.com/{GRAPH_API_VERSION}/dialog/oauth",
@@ -123,6 +135,7 @@ BUILTIN: dict[str, Provider] = {
     "youtube": Provider(
         platform="youtube",
         login="Google OAuth (desktop client)",
+        login_type="google",
         client_id_env="GOOGLE_CLIENT_ID",
         client_secret_env="GOOGLE_CLIENT_SECRET",
         authorize_url="https://accounts.google.com/o/oauth2/v2/auth",
@@ -148,6 +161,7 @@ BUILTIN: dict[str, Provider] = {
     "tiktok": Provider(
         platform="tiktok",
         login="TikTok Login Kit for Desktop",
+        login_type="tiktok",
         client_id_env="TIKTOK_CLIENT_KEY",
         client_secret_env="TIKTOK_CLIENT_SECRET",
         authorize_url="https://www.tiktok.com/v2/auth/authorize/",
@@ -170,14 +184,40 @@ BUILTIN: dict[str, Provider] = {
 }
 
 
+# Instagram through Facebook Login: a Facebook app, its Page, and the Instagram account connected to that Page.
+# Permissions: https://developers.facebook.com/docs/instagram-platform/instagram-api-with-facebook-login/content-publishing
+# The account is found with GET /me/accounts?fields=instagram_business_account (the Page's connected IG user).
+_INSTAGRAM_VIA_FACEBOOK = replace(
+    BUILTIN["facebook"],
+    platform="instagram",
+    login="Facebook Login (Instagram API with Facebook Login)",
+    scopes=("instagram_basic", "instagram_content_publish", "pages_show_list", "pages_read_engagement"),
+    unlink_hint="remove the app in Facebook, Settings > Business integrations",
+)
+
 PLATFORMS = tuple(BUILTIN)
+# (platform, login) -> provider; the first login listed for a platform is its default.
+LOGINS: dict[tuple[str, str], Provider] = {
+    **{(platform, provider.login_type): provider for platform, provider in BUILTIN.items()},
+    ("instagram", FACEBOOK_LOGIN): _INSTAGRAM_VIA_FACEBOOK,
+}
 
 
-def provider_for(platform: str, environ: Mapping[str, str] = os.environ) -> Provider:
-    """The platform's provider, re-homed to `<PLATFORM>_OAUTH_BASE_URL` when that is set (stand-ins, proxies)."""
+def default_login(platform: str) -> str:
+    """How a platform is linked when nothing else is said (and how rows linked before `login` was recorded were)."""
+    return BUILTIN[platform].login_type
+
+
+def provider_for(platform: str, environ: Mapping[str, str] = os.environ, login: str | None = None) -> Provider:
+    """The provider for linking `platform` with `login` (default: the platform's own login), re-homed to
+    `<PLATFORM>_OAUTH_BASE_URL` when that is set (stand-ins, proxies)."""
     if platform not in BUILTIN:
         raise InputError("platform", f"{platform!r} is not a supported platform", f"use one of {', '.join(PLATFORMS)}")
-    provider = BUILTIN[platform]
+    key = (platform, login or default_login(platform))
+    if key not in LOGINS:
+        choices = ", ".join(kind for p, kind in LOGINS if p == platform)
+        raise InputError("--login", f"{platform} cannot be linked with {login!r}", f"use one of: {choices}")
+    provider = LOGINS[key]
     base_url = environ.get(f"{platform.upper()}_OAUTH_BASE_URL")
     if base_url:
         provider = provider.with_base_url(base_url)

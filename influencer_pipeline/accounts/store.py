@@ -7,6 +7,9 @@ front and `rotate_keys` re-encrypts every row under it). Fernet has no associate
 carries the row it belongs to (platform, persona, account, slot) and decryption refuses a ciphertext copied into
 another row or slot.
 
+`login` records how the account was linked (Instagram: Instagram Login or Facebook Login), because that decides
+which API host its tokens work on; rows from before the column existed read as the platform's default login.
+
 The refresh lease (`refresh_owner`, `refresh_lease_until`) is how processes take turns refreshing one account:
 see `try_lease`.
 """
@@ -37,12 +40,16 @@ from sqlalchemy import (
     create_engine,
     delete,
     insert,
+    inspect,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Connection, RowMapping, make_url
+from sqlalchemy.exc import DBAPIError
 
+from influencer_pipeline.accounts.providers import default_login
 from influencer_pipeline.errors import InputError
 
 KEYS_ENV = "INFLUENCER_TOKEN_KEYS"
@@ -169,6 +176,7 @@ accounts_table = Table(
     Column("platform", String(32), nullable=False),
     Column("account_id", String(128), nullable=False),
     Column("display_name", String(256), nullable=False),
+    Column("login", String(32), nullable=True),  # NULL: the platform's default login (rows linked before it existed)
     Column("scopes", Text, nullable=False),  # space-separated
     Column("expires_at", UTCDateTime, nullable=True),  # access token; NULL = does not expire
     Column("refresh_expires_at", UTCDateTime, nullable=True),
@@ -197,6 +205,7 @@ class Account:
     health: str
     linked_at: datetime
     refreshed_at: datetime | None
+    login: str = ""  # how it was linked (`providers.LOGINS`): decides the API host its tokens work on
 
     @property
     def label(self) -> str:
@@ -247,6 +256,7 @@ class AccountStore:
         self._cipher = cipher
         _prepare_sqlite_file(url)
         metadata.create_all(self.engine)
+        _add_login_column(self.engine)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> AccountStore:
@@ -287,14 +297,17 @@ class AccountStore:
         identity: Identity,
         tokens: TokenSet,
         now: datetime,
+        login: str | None = None,
     ) -> Account:
-        """Insert or replace the account. A relink of the same account that returns no refresh token keeps the
-        stored one (writing an empty one is the bug that sends other schedulers into reconnect loops)."""
+        """Insert or replace the account, recording how it was linked (`login`, default: the platform's own).
+        A relink of the same account that returns no refresh token keeps the stored one (writing an empty one is
+        the bug that sends other schedulers into reconnect loops)."""
         account_id = identity.account_id
         binding = f"{platform}:{persona}:{account_id}"
         values: dict[str, Any] = {
             "account_id": account_id,
             "display_name": identity.display_name,
+            "login": login or default_login(platform),
             "scopes": " ".join(identity.scopes),
             "expires_at": tokens.expires_at,
             "health": HEALTH_OK,
@@ -306,7 +319,12 @@ class AccountStore:
         }
         with self.engine.begin() as conn:
             existing = conn.execute(_where(select(accounts_table), persona, platform)).mappings().first()
-            keep_refresh = tokens.refresh is None and existing is not None and existing["account_id"] == account_id
+            keep_refresh = (
+                tokens.refresh is None
+                and existing is not None
+                and existing["account_id"] == account_id
+                and (existing["login"] or default_login(platform)) == values["login"]
+            )
             if keep_refresh:
                 values["refresh_token"] = existing["refresh_token"]
                 values["refresh_expires_at"] = existing["refresh_expires_at"]
@@ -399,6 +417,22 @@ def _prepare_sqlite_file(url: str) -> None:
         path.touch(mode=0o600)
 
 
+def _add_login_column(engine: Engine) -> None:
+    """Tables created before `login` existed get the column (NULL reads as the platform's default login)."""
+
+    def has_login() -> bool:
+        return "login" in {column["name"] for column in inspect(engine).get_columns("accounts")}
+
+    if has_login():
+        return
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE accounts ADD COLUMN login VARCHAR(32)"))
+    except DBAPIError:
+        if not has_login():  # not another process adding it at the same moment
+            raise
+
+
 def _where(statement: Any, persona: str, platform: str) -> Any:
     return statement.where(and_(accounts_table.c.persona == persona, accounts_table.c.platform == platform))
 
@@ -434,4 +468,5 @@ def _account(row: RowMapping) -> Account:
         health=row["health"],
         linked_at=row["linked_at"],
         refreshed_at=row["refreshed_at"],
+        login=row["login"] or default_login(row["platform"]),
     )

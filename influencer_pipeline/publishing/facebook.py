@@ -23,6 +23,7 @@ from typing import Any
 
 import requests
 
+from influencer_pipeline.endpoints import GRAPH_API_VERSION, GRAPH_FACEBOOK, GRAPH_VIDEO_FACEBOOK, rehome
 from influencer_pipeline.publishing.base import (
     CommitOutcomeUnknown,
     PostMedia,
@@ -33,7 +34,6 @@ from influencer_pipeline.publishing.base import (
 )
 from influencer_pipeline.publishing.instagram import (
     DEFAULT_WORK_DIR,
-    GRAPH_BASE,
     MATCH_SLACK_S,
     jpeg_for_meta,
     normalize_caption,
@@ -43,7 +43,6 @@ from influencer_pipeline.publishing.meta_errors import GraphSession, MetaPublish
 
 log = logging.getLogger(__name__)
 
-VIDEO_BASE = "https://graph-video.facebook.com/v23.0"
 MAX_PHOTO_BYTES = 4 * 1024 * 1024  # larger photos are rejected with 1366046 (§2.2)
 MAX_PHOTOS = 10
 PUBLISHED_POSTS_LIMIT = 100
@@ -77,9 +76,12 @@ class VideoState:
 class FacebookPagePublisher:
     """Publishes photo posts and videos to one Facebook Page with a Page access token.
 
-    `graph_base` and `video_base` (the `graph-video` host videos are uploaded to) carry the API version and can
-    point at stand-ins. `poll_interval_s`/`max_wait_s` bound the wait for video processing after `finish`;
-    `timeout_s` is (connect, read) for every HTTP call; converted images go to `work_dir`.
+    Calls go to `graph.facebook.com`, video uploads to `graph-video.facebook.com` ("Videos must be published to
+    graph-video.facebook.com instead of the regular Graph API URL",
+    https://developers.facebook.com/docs/graph-api/video-uploads), both at `GRAPH_API_VERSION`; `base_url` re-homes
+    them to a proxy or a stand-in, keeping the real host in the path. `poll_interval_s`/`max_wait_s` bound the
+    wait for video processing after `finish`; `timeout_s` is (connect, read) for every HTTP call; converted images
+    go to `work_dir`.
     """
 
     platform = "facebook"
@@ -88,8 +90,7 @@ class FacebookPagePublisher:
         self,
         page_id: str,
         *,
-        graph_base: str = GRAPH_BASE,
-        video_base: str = VIDEO_BASE,
+        base_url: str | None = None,
         work_dir: Path = DEFAULT_WORK_DIR,
         poll_interval_s: float = 5.0,
         max_wait_s: float = 600.0,
@@ -98,8 +99,8 @@ class FacebookPagePublisher:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.page_id = page_id
-        self.graph_base = graph_base.rstrip("/")
-        self.video_base = video_base.rstrip("/")
+        self.graph_base = rehome(f"{GRAPH_FACEBOOK}/{GRAPH_API_VERSION}", base_url)
+        self.video_base = rehome(f"{GRAPH_VIDEO_FACEBOOK}/{GRAPH_API_VERSION}", base_url)
         self.work_dir = work_dir
         self.poll_interval_s = poll_interval_s
         self.max_wait_s = max_wait_s

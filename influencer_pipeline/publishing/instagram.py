@@ -1,8 +1,20 @@
-"""Instagram Graph API publisher (Facebook-Login flavour): image, carousel and reel, in two phases.
+"""Instagram Graph API publisher: image, carousel and reel, in two phases, on the API the account's login uses.
+
+Instagram has two publishing APIs with the same endpoints and different hosts, tokens and features, and an
+account's token works on one of them only, so the publisher is built for the login the account was linked with
+(`Account.login`, see `instagram_api`):
+
+- Instagram Login: `graph.instagram.com`; "All endpoints can be accessed via the graph.instagram.com host", and
+  videos are fetched from a public `video_url`.
+  https://developers.facebook.com/docs/instagram-platform/instagram-api-with-instagram-login/content-publishing
+- Facebook Login: `graph.facebook.com`, plus the resumable upload on `rupload.facebook.com`, which is "available
+  only for apps that have implemented Facebook Login for Business".
+  https://developers.facebook.com/docs/instagram-platform/instagram-api-with-facebook-login/content-publishing
+  https://developers.facebook.com/docs/instagram-platform/content-publishing/resumable-uploads
 
 `prepare` creates the media container(s) (reference `social-apis.md` §1.3): images are converted to JPEG (the
 only format the spec names, §1.6) and handed to Meta as a public URL from a `MediaHost`; reels go up through the
-resumable upload (`rupload`, no public URL needed) or, for hosts that cannot use it, a `video_url`. `wait_ready`
+resumable upload (`rupload`, no public URL needed) where the login offers it, else as a `video_url`. `wait_ready`
 polls `status_code` (§1.4). `commit` reads `content_publishing_limit` first (the cap varies by account, §1.5) and
 then calls `media_publish`, the one call that makes the post public. `reconcile` asks the container: `PUBLISHED`
 means live, `FINISHED` means the commit never landed (§7.2).
@@ -25,6 +37,9 @@ from typing import Any, Protocol
 import requests
 from PIL import Image, ImageCms, ImageOps
 
+from influencer_pipeline.accounts.providers import FACEBOOK_LOGIN, INSTAGRAM_LOGIN
+from influencer_pipeline.endpoints import GRAPH_API_VERSION, GRAPH_FACEBOOK, GRAPH_INSTAGRAM, RUPLOAD_FACEBOOK, rehome
+from influencer_pipeline.errors import InputError
 from influencer_pipeline.media.store import MediaStore, S3MediaStore
 from influencer_pipeline.publishing.base import (
     CommitOutcomeUnknown,
@@ -38,8 +53,6 @@ from influencer_pipeline.publishing.meta_errors import GraphSession, MetaError, 
 
 log = logging.getLogger(__name__)
 
-GRAPH_BASE = "https://graph.facebook.com/v23.0"
-RUPLOAD_BASE = "https://rupload.facebook.com/ig-api-upload/v23.0"
 MAX_IMAGE_BYTES = 8 * 1024 * 1024
 CAROUSEL_MAX_ITEMS = 10
 JPEG_QUALITIES = (92, 85, 75, 60)
@@ -161,6 +174,33 @@ def _encode_within(image: Image.Image, max_bytes: int) -> bytes:
 
 
 @dataclass(frozen=True)
+class InstagramApi:
+    """Where one login's Instagram API lives: the Graph base (with the version) and the resumable-upload base,
+    empty where the login has none."""
+
+    login: str
+    graph_base: str
+    rupload_base: str
+
+
+def instagram_api(login: str, base_url: str | None = None) -> InstagramApi:
+    """The API an account linked with `login` publishes through; `base_url` re-homes it (`endpoints.rehome`)."""
+    if login == INSTAGRAM_LOGIN:
+        return InstagramApi(login, rehome(f"{GRAPH_INSTAGRAM}/{GRAPH_API_VERSION}", base_url), "")
+    if login == FACEBOOK_LOGIN:
+        return InstagramApi(
+            login,
+            rehome(f"{GRAPH_FACEBOOK}/{GRAPH_API_VERSION}", base_url),
+            rehome(f"{RUPLOAD_FACEBOOK}/ig-api-upload/{GRAPH_API_VERSION}", base_url),
+        )
+    raise InputError(
+        "instagram account login",
+        f"{login!r} is not a way to link Instagram",
+        f"link the account again with --login {INSTAGRAM_LOGIN} or --login {FACEBOOK_LOGIN}",
+    )
+
+
+@dataclass(frozen=True)
 class PublishingQuota:
     """`GET /{ig-user-id}/content_publishing_limit`: publishes in the rolling window and the cap that applies."""
 
@@ -184,12 +224,13 @@ def parse_meta_time(value: str) -> float:
 
 
 class InstagramPublisher:
-    """Publishes to one Instagram professional account (`ig_user_id`) through the Graph API.
+    """Publishes to one Instagram professional account (`ig_user_id`) through the Graph API of its `login`.
 
-    `graph_base` and `rupload_base` carry the API version and can point at stand-ins. `resumable_reels=False`
-    sends reels (and carousel videos) as `video_url` through `media_host`, for the Instagram-Login flavour where
-    rupload is not offered (§1.1). `poll_interval_s`/`max_wait_s` bound status polling; `timeout_s` is
-    (connect, read) for every HTTP call; converted JPEGs go to `work_dir`.
+    `login` is how the account was linked (`instagram` or `facebook`): it picks the host, and whether reels may
+    use the resumable upload (Facebook Login only; `resumable_reels=False` turns it off there too, sending reels
+    and carousel videos as `video_url` through `media_host`). `base_url` re-homes every call to a proxy or a
+    stand-in, keeping the real host in the path. `poll_interval_s`/`max_wait_s` bound status polling;
+    `timeout_s` is (connect, read) for every HTTP call; converted JPEGs go to `work_dir`.
     """
 
     platform = "instagram"
@@ -199,9 +240,9 @@ class InstagramPublisher:
         ig_user_id: str,
         media_host: MediaHost | None = None,
         *,
-        graph_base: str = GRAPH_BASE,
-        rupload_base: str = RUPLOAD_BASE,
-        resumable_reels: bool = True,
+        login: str = INSTAGRAM_LOGIN,
+        base_url: str | None = None,
+        resumable_reels: bool | None = None,
         work_dir: Path = DEFAULT_WORK_DIR,
         poll_interval_s: float = 5.0,
         max_wait_s: float = 600.0,
@@ -209,11 +250,19 @@ class InstagramPublisher:
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        api = instagram_api(login, base_url)
+        if resumable_reels and not api.rupload_base:
+            raise InputError(
+                "resumable_reels",
+                "the resumable upload is only available to accounts linked with Facebook Login",
+                "leave it unset for Instagram Login accounts (reels go up as a public video_url)",
+            )
         self.ig_user_id = ig_user_id
         self.media_host = media_host
-        self.graph_base = graph_base.rstrip("/")
-        self.rupload_base = rupload_base.rstrip("/")
-        self.resumable_reels = resumable_reels
+        self.login = login
+        self.graph_base = api.graph_base
+        self.rupload_base = api.rupload_base
+        self.resumable_reels = bool(api.rupload_base) if resumable_reels is None else resumable_reels
         self.work_dir = work_dir
         self.poll_interval_s = poll_interval_s
         self.max_wait_s = max_wait_s
@@ -221,7 +270,9 @@ class InstagramPublisher:
         self.sleep = sleep
 
     def __repr__(self) -> str:
-        return f"InstagramPublisher(ig_user_id={self.ig_user_id!r}, graph_base={self.graph_base!r})"
+        return (
+            f"InstagramPublisher(ig_user_id={self.ig_user_id!r}, login={self.login!r}, graph_base={self.graph_base!r})"
+        )
 
     # -- the Publisher contract ---------------------------------------------------------------------------
 

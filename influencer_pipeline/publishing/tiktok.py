@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 import requests
 
+from influencer_pipeline.endpoints import rehome
 from influencer_pipeline.errors import InputError
 from influencer_pipeline.publishing.base import (
     CommitOutcomeUnknown,
@@ -57,6 +58,8 @@ from influencer_pipeline.retry_after import retry_after_seconds
 log = logging.getLogger(__name__)
 
 PLATFORM = "tiktok"
+# Content Posting API host: https://developers.tiktok.com/doc/content-posting-api-reference-direct-post
+API_BASE = "https://open.tiktokapis.com"
 MiB = 1024 * 1024
 CONNECT_TIMEOUT_S = 10.0
 Mode = Literal["direct", "inbox"]
@@ -163,7 +166,9 @@ class TikTokPublisher:
     the caption, privacy and AI label are set there). `privacy_level` must be one the account offers.
     `chunk_bytes` is the preferred chunk size, fitted to `chunk_rules`. Status is polled every `poll_interval_s`,
     at most `max_polls` times per call; `timeout_s` bounds each request. `clock` dates the handle's
-    `expires_at` (the upload URL's lifetime), after which the orchestrator prepares a new post.
+    `expires_at` (the upload URL's lifetime), after which the orchestrator prepares a new post. `base_url`
+    re-homes the API calls to a proxy or a stand-in, keeping the real host in the path (`endpoints.rehome`);
+    the upload URL is used as TikTok's answer gives it.
     """
 
     platform = PLATFORM
@@ -171,7 +176,7 @@ class TikTokPublisher:
     def __init__(
         self,
         *,
-        base_url: str = "https://open.tiktokapis.com",
+        base_url: str | None = None,
         mode: Mode = "direct",
         privacy_level: PrivacyLevel = "SELF_ONLY",
         disable_comment: bool = False,
@@ -188,7 +193,7 @@ class TikTokPublisher:
             raise InputError("mode", f"{mode!r} is not a TikTok posting mode", "use 'direct' or 'inbox'")
         if max_polls < 1:
             raise InputError("max_polls", f"must be at least 1, got {max_polls}", "use 24")
-        self.base_url = base_url.rstrip("/")
+        self.api_base = rehome(API_BASE, base_url)
         self.mode: Mode = mode
         self.privacy_level = privacy_level
         self.disable_comment = disable_comment
@@ -203,7 +208,7 @@ class TikTokPublisher:
         self._http = requests.Session()
 
     def __repr__(self) -> str:
-        return f"TikTokPublisher(base_url={self.base_url!r}, mode={self.mode!r}, privacy={self.privacy_level!r})"
+        return f"TikTokPublisher(api_base={self.api_base!r}, mode={self.mode!r}, privacy={self.privacy_level!r})"
 
     # --- the contract -------------------------------------------------------------------------------------------
 
@@ -401,7 +406,7 @@ class TikTokPublisher:
         """POST to the API with the token; the `data` object of a success, a classified PublishError otherwise."""
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json; charset=UTF-8"}
         try:
-            response = self._request("POST", f"{self.base_url}{path}", headers=headers, json=body)
+            response = self._request("POST", f"{self.api_base}{path}", headers=headers, json=body)
         except _Unreadable as failure:
             raise PublishError(f"TikTok gave no answer while {what} ({failure})", kind="transient") from None
         payload = _json(response)

@@ -44,6 +44,7 @@ from zoneinfo import ZoneInfo
 
 import requests
 
+from influencer_pipeline.endpoints import rehome
 from influencer_pipeline.errors import InputError
 from influencer_pipeline.publishing.base import (
     CommitOutcomeUnknown,
@@ -60,6 +61,7 @@ from influencer_pipeline.retry_after import retry_after_seconds
 log = logging.getLogger(__name__)
 
 PLATFORM = "youtube"
+UPLOAD_URL = "https://www.googleapis.com/upload/youtube/v3/videos"  # videos.insert, resumable upload
 CHUNK_GRANULARITY = 256 * 1024  # every non-final chunk must be a multiple of this
 MAX_TITLE_CHARS = 100
 MAX_DESCRIPTION_BYTES = 5000
@@ -118,13 +120,15 @@ class _Session:
 class YouTubePublisher:
     """`Publisher` for YouTube through the Data API v3 resumable upload.
 
-    `base_url` is Google's upload host (a stand-in's URL in tests). `privacy_status` defaults to private because
-    unaudited API projects are locked private anyway. `category_id` 22 is "People & Blogs"; `made_for_kids` is
-    declared explicitly (COPPA); `tag_shorts` adds `#Shorts` to a Short's description when the caption lacks it.
-    `chunk_bytes` must be a multiple of 256 KiB (Google's rule).
-    `timeout_s` bounds each request; `max_interruptions` is how many dropped / failed chunk requests one commit
-    survives (waiting `backoff_s`, doubling with jitter, or the server's Retry-After up to `max_wait_s`).
-    `clock` tells the time for the quota reset (injectable so tests can pin it).
+    Uploads go to `https://www.googleapis.com/upload/youtube/v3/videos`
+    (https://developers.google.com/youtube/v3/guides/using_resumable_upload_protocol); `base_url` re-homes them to a
+    proxy or a stand-in, keeping the real host in the path (`endpoints.rehome`). `privacy_status` defaults to
+    private because unaudited API projects are locked private anyway. `category_id` 22 is "People & Blogs";
+    `made_for_kids` is declared explicitly (COPPA); `tag_shorts` adds `#Shorts` to a Short's description when the
+    caption lacks it. `chunk_bytes` must be a multiple of 256 KiB (Google's rule). `timeout_s` bounds each request;
+    `max_interruptions` is how many dropped / failed chunk requests one commit survives (waiting `backoff_s`,
+    doubling with jitter, or the server's Retry-After up to `max_wait_s`). `clock` tells the time for the quota
+    reset (injectable so tests can pin it).
     """
 
     platform = PLATFORM
@@ -132,7 +136,7 @@ class YouTubePublisher:
     def __init__(
         self,
         *,
-        base_url: str = "https://www.googleapis.com",
+        base_url: str | None = None,
         privacy_status: Privacy = "private",
         category_id: str = "22",
         made_for_kids: bool = False,
@@ -149,7 +153,7 @@ class YouTubePublisher:
             raise InputError(
                 "chunk_bytes", f"{chunk_bytes} is not a positive multiple of 256 KiB", "use e.g. 8388608 (8 MiB)"
             )
-        self.base_url = base_url.rstrip("/")
+        self.upload_url = rehome(UPLOAD_URL, base_url)
         self.privacy_status = privacy_status
         self.category_id = category_id
         self.made_for_kids = made_for_kids
@@ -164,7 +168,7 @@ class YouTubePublisher:
         self._http = requests.Session()
 
     def __repr__(self) -> str:
-        return f"YouTubePublisher(base_url={self.base_url!r}, privacy_status={self.privacy_status!r})"
+        return f"YouTubePublisher(upload_url={self.upload_url!r}, privacy_status={self.privacy_status!r})"
 
     # --- the contract -------------------------------------------------------------------------------------------
 
@@ -243,7 +247,7 @@ class YouTubePublisher:
             "part": "snippet,status",
             "notifySubscribers": str(self.notify_subscribers).lower(),
         }
-        url = f"{self.base_url}/upload/youtube/v3/videos"
+        url = self.upload_url
         try:
             response = self._send("POST", url, token, headers=headers, params=params, data=json.dumps(resource))
         except _Interrupted as failure:

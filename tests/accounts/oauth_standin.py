@@ -7,6 +7,14 @@ guide computes it), Google's refresh token only with `access_type=offline`, TikT
 Instagram's "at least 24 hours old" refresh rule, and revocation of a whole grant. The authorize endpoint plays
 the person too: it consents at once and redirects to the redirect URI with `code` and `state`.
 
+Stricter than the real servers where that catches client mistakes: the client is built from the production
+provider table with only the base URL swapped (`Provider.with_base_url`, which keeps the real host as the first
+path segment), and every route is served on its real host only (`/api.instagram.com/oauth/access_token`,
+`/graph.facebook.com/v24.0/me/accounts`, ...): a call to another host, or a Graph call under another version than
+`GRAPH_API_VERSION`, is refused (404 / Graph code 2635). The Facebook server also serves Instagram through
+Facebook Login: `/me/accounts` names the Instagram account connected to the Page when asked for
+`instagram_business_account`.
+
 Misbehaviours: `fail(endpoint, ServerError(503) | Slow(seconds), ...)` scripts the next answers of an endpoint,
 `expire_codes()` ages outstanding codes, `revoke_grants()` is the person removing the app, `deny` declines the
 consent, and `granted` grants fewer scopes than asked. Every request is recorded in `calls` with its endpoint:
@@ -32,13 +40,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import requests
 
 from influencer_pipeline.accounts.oauth import Accounts, ClientCredentials, OAuthClient
-from influencer_pipeline.accounts.providers import BUILTIN, GRAPH_API_VERSION
+from influencer_pipeline.accounts.providers import FACEBOOK_LOGIN, GRAPH_API_VERSION, LOGINS, default_login
 from influencer_pipeline.accounts.store import AccountStore, Secret
 
 V = GRAPH_API_VERSION
 CLIENT_ID = "standin-app-1234567890"
 CLIENT_SECRET = "standin-app-secret-5c1f9e0a7d"
 IG_USER_ID = "17841400000000001"
+IG_USERNAME = "ava.virtual"
 FB_PAGES = (("109345678901234", "Ava Virtual"),)
 YT_CHANNEL = "UCstandinAvaVirtual000001"
 TIKTOK_OPEN_ID = "_000standinOpenIdAva"
@@ -116,34 +125,36 @@ class Reply:
 
 
 # (method, path) -> (endpoint, handler); token endpoints are re-labelled by grant_type (see `_endpoint`)
+# (method, /<real host>/<path>) -> (endpoint, handler); token endpoints are re-labelled by grant_type
 ROUTES: dict[str, dict[tuple[str, str], tuple[str, str]]] = {
     "instagram": {
-        ("GET", "/oauth/authorize"): ("authorize", "_authorize"),
-        ("POST", "/oauth/access_token"): ("token", "_ig_code"),
-        ("GET", "/access_token"): ("exchange", "_ig_exchange"),
-        ("GET", "/refresh_access_token"): ("refresh", "_ig_refresh"),
-        ("GET", f"/{V}/me"): ("identity", "_ig_me"),
+        ("GET", "/www.instagram.com/oauth/authorize"): ("authorize", "_authorize"),
+        ("POST", "/api.instagram.com/oauth/access_token"): ("token", "_ig_code"),
+        ("GET", "/graph.instagram.com/access_token"): ("exchange", "_ig_exchange"),
+        ("GET", "/graph.instagram.com/refresh_access_token"): ("refresh", "_ig_refresh"),
+        ("GET", f"/graph.instagram.com/{V}/me"): ("identity", "_ig_me"),
     },
     "facebook": {
-        ("GET", f"/{V}/dialog/oauth"): ("authorize", "_authorize"),
-        ("GET", f"/{V}/oauth/access_token"): ("token", "_fb_token"),
-        ("GET", f"/{V}/me/permissions"): ("permissions", "_fb_permissions"),
-        ("DELETE", f"/{V}/me/permissions"): ("revoke", "_fb_revoke"),
-        ("GET", f"/{V}/me/accounts"): ("pages", "_fb_pages"),
+        ("GET", f"/www.facebook.com/{V}/dialog/oauth"): ("authorize", "_authorize"),
+        ("GET", f"/graph.facebook.com/{V}/oauth/access_token"): ("token", "_fb_token"),
+        ("GET", f"/graph.facebook.com/{V}/me/permissions"): ("permissions", "_fb_permissions"),
+        ("DELETE", f"/graph.facebook.com/{V}/me/permissions"): ("revoke", "_fb_revoke"),
+        ("GET", f"/graph.facebook.com/{V}/me/accounts"): ("pages", "_fb_pages"),
     },
     "youtube": {
-        ("GET", "/o/oauth2/v2/auth"): ("authorize", "_authorize"),
-        ("POST", "/token"): ("token", "_google_token"),
-        ("POST", "/revoke"): ("revoke", "_google_revoke"),
-        ("GET", "/youtube/v3/channels"): ("identity", "_yt_channels"),
+        ("GET", "/accounts.google.com/o/oauth2/v2/auth"): ("authorize", "_authorize"),
+        ("POST", "/oauth2.googleapis.com/token"): ("token", "_google_token"),
+        ("POST", "/oauth2.googleapis.com/revoke"): ("revoke", "_google_revoke"),
+        ("GET", "/www.googleapis.com/youtube/v3/channels"): ("identity", "_yt_channels"),
     },
     "tiktok": {
-        ("GET", "/v2/auth/authorize/"): ("authorize", "_authorize"),
-        ("POST", "/v2/oauth/token/"): ("token", "_tiktok_token"),
-        ("POST", "/v2/oauth/revoke/"): ("revoke", "_tiktok_revoke"),
-        ("GET", "/v2/user/info/"): ("identity", "_tiktok_user"),
+        ("GET", "/www.tiktok.com/v2/auth/authorize/"): ("authorize", "_authorize"),
+        ("POST", "/open.tiktokapis.com/v2/oauth/token/"): ("token", "_tiktok_token"),
+        ("POST", "/open.tiktokapis.com/v2/oauth/revoke/"): ("revoke", "_tiktok_revoke"),
+        ("GET", "/open.tiktokapis.com/v2/user/info/"): ("identity", "_tiktok_user"),
     },
 }
+GRAPH_HOSTS = ("graph.facebook.com", "graph.instagram.com", "www.facebook.com")
 
 
 @dataclass
@@ -234,7 +245,9 @@ class OAuthStandin:
             params |= dict(parse_qsl(request.rfile.read(length).decode()))
         route = ROUTES[self.platform].get((request.command, url.path))
         if route is None:
-            self._send(request, Reply(404, {"error": "not_found"}))
+            with self._lock:
+                self.calls.append(Call("refused", request.command, url.path, params, {}))
+            self._send(request, _refusal(url.path))
             return
         endpoint = _endpoint(route[0], params)
         headers = {key.lower(): value for key, value in request.headers.items()}
@@ -375,7 +388,7 @@ class OAuthStandin:
     def _ig_me(self, params: dict[str, str], headers: dict[str, str]) -> Reply:
         if self._valid(params.get("access_token"), "short", "long") is None:
             return _graph_error("Invalid OAuth access token", 190)
-        return Reply(200, {"user_id": IG_USER_ID, "username": "ava.virtual", "id": "9876543210"})
+        return Reply(200, {"user_id": IG_USER_ID, "username": IG_USERNAME, "id": "9876543210"})
 
     # --- Facebook Login ------------------------------------------------------------------------------------------
 
@@ -415,6 +428,9 @@ class OAuthStandin:
             {"id": page_id, "name": name, "access_token": self._issue("page", user.grant), "tasks": ["CREATE_CONTENT"]}
             for page_id, name in FB_PAGES
         ]
+        if "instagram_business_account" in params.get("fields", ""):  # the Page's connected Instagram account
+            for page in pages:
+                page["instagram_business_account"] = {"id": IG_USER_ID, "username": IG_USERNAME}
         return Reply(200, {"data": pages, "paging": {"cursors": {"before": "QVFI", "after": "QVFI"}}})
 
     # --- Google ----------------------------------------------------------------------------------------------
@@ -496,6 +512,15 @@ class OAuthStandin:
         return Reply(200, {"data": {"user": user}, "error": {"code": "ok", "message": "", "log_id": "x"}})
 
 
+def _refusal(path: str) -> Reply:
+    """Graph's answer to another version (code 2635, "deprecated version"), else a plain 404 for another host."""
+    host, _, rest = path.removeprefix("/").partition("/")
+    version = rest.split("/", 1)[0]
+    if host in GRAPH_HOSTS and version.startswith("v") and version != V:
+        return _graph_error(f"Graph API {version} called; this app pins {V}", 2635)
+    return Reply(404, {"error": "not_found", "error_description": f"no route {path} (host {host!r})"})
+
+
 def _endpoint(default: str, params: dict[str, str]) -> str:
     grant_type = params.get("grant_type", "")
     if grant_type in ("refresh_token", "ig_refresh_token"):
@@ -569,9 +594,23 @@ class Browser:
             pass
 
 
-def standin_client(standin: OAuthStandin, clock: Callable[[], datetime], timeout_s: float = 5.0) -> OAuthClient:
-    """The platform's real provider, re-homed to the stand-in, with the stand-in app's credentials."""
-    provider = BUILTIN[standin.platform].with_base_url(standin.base_url)
+def server_for(platform: str, login: str) -> str:
+    """Which stand-in server a (platform, login) signs in with: Facebook Login is always the Facebook server."""
+    return "facebook" if login == FACEBOOK_LOGIN else platform
+
+
+def standin_client(
+    standin: OAuthStandin,
+    clock: Callable[[], datetime],
+    timeout_s: float = 5.0,
+    *,
+    platform: str | None = None,
+    login: str | None = None,
+) -> OAuthClient:
+    """The real provider for (platform, login) from the production table (default: the stand-in's platform and
+    its default login), re-homed to the stand-in, with the stand-in app's credentials."""
+    platform = platform or standin.platform
+    provider = LOGINS[(platform, login or default_login(platform))].with_base_url(standin.base_url)
     credentials = ClientCredentials(CLIENT_ID, Secret(CLIENT_SECRET))
     return OAuthClient(provider, credentials, timeout_s=timeout_s, clock=clock)
 
@@ -579,5 +618,11 @@ def standin_client(standin: OAuthStandin, clock: Callable[[], datetime], timeout
 def standin_accounts(
     store: AccountStore, standins: list[OAuthStandin], clock: Callable[[], datetime], **kwargs: Any
 ) -> Accounts:
-    clients = {standin.platform: standin_client(standin, clock) for standin in standins}
-    return Accounts(store, clients.__getitem__, clock=clock, poll_s=0.01, **kwargs)
+    """`Accounts` whose every (platform, login) signs in with the matching stand-in among `standins`."""
+    servers = {standin.platform: standin for standin in standins}
+
+    def client(platform: str, login: str) -> OAuthClient:
+        server = servers[server_for(platform, login)]
+        return standin_client(server, clock, platform=platform, login=login)
+
+    return Accounts(store, client, clock=clock, poll_s=0.01, **kwargs)

@@ -71,7 +71,10 @@ def test_link_refresh_list_unlink(youtube: OAuthStandin, monkeypatch, capsys: py
 
     assert main(["accounts", "link", "youtube", "--persona", "ava"]) == 0
     out = capsys.readouterr().out
-    assert "/o/oauth2/v2/auth?" in out and f"linked youtube account 'Ava Virtual' ({YT_CHANNEL})" in out
+    assert (
+        "/accounts.google.com/o/oauth2/v2/auth?" in out
+        and f"linked youtube account 'Ava Virtual' ({YT_CHANNEL})" in out
+    )
 
     assert main(["accounts", "refresh"]) == 0
     assert "youtube/ava: fresh" in capsys.readouterr().out

@@ -515,7 +515,9 @@ def test_unlink_after_the_person_removed_the_app(linked: Accounts, standin: OAut
 def test_base_url_override_and_missing_app_credentials(tmp_path, monkeypatch) -> None:
     environ = {"YOUTUBE_OAUTH_BASE_URL": "http://127.0.0.1:9", "TIKTOK_PKCE_ENCODING": "base64url"}
     youtube = provider_for("youtube", environ)
-    assert youtube.token_url == "http://127.0.0.1:9/token" and youtube.revoke_url == "http://127.0.0.1:9/revoke"
+    # the real host stays in the path, so the stand-in or proxy still sees which host the call was meant for
+    assert youtube.token_url == "http://127.0.0.1:9/oauth2.googleapis.com/token"
+    assert youtube.revoke_url == "http://127.0.0.1:9/oauth2.googleapis.com/revoke"
     assert provider_for("tiktok", environ).pkce == "base64url"
     store = AccountStore(f"sqlite:///{tmp_path / 'a.db'}", TokenCipher([Fernet.generate_key().decode()]))
     monkeypatch.delenv("GOOGLE_CLIENT_ID", raising=False)
@@ -555,7 +557,7 @@ def test_no_secret_reaches_logs_or_errors(store: AccountStore, clock: FakeClock,
             messages.append(accounts.unlink("ava", server.platform))
         secrets = [secret for server in servers for secret in server.secrets()]
     text = caplog.text + "\n".join(messages) + repr(accounts) + repr(store)
-    assert "GET /refresh_access_token" in caplog.text  # urllib3's request line was logged, redacted
+    assert "GET /graph.instagram.com/refresh_access_token" in caplog.text  # urllib3's request line was logged, redacted
     assert len(messages) >= 8
     leaked = [secret for secret in secrets if secret in text]
     assert leaked == []

@@ -8,6 +8,17 @@ uploaded unpublished and attached by `/feed`, and the chunked video upload (star
 Errors use Meta's envelope; bad tokens get code 190 with the token quoted back, as Meta does, so redaction is
 tested against the real hazard.
 
+Stricter than Meta where that catches client mistakes: the stand-in serves each Meta host under its own path
+prefix (`endpoints.rehome`: `<url>/graph.instagram.com/v24.0/...`), so a client built exactly as in production
+with only `base_url` swapped still says which host it called, and the stand-in answers only what that host serves:
+Instagram Login tokens work on `graph.instagram.com` only, Facebook (Page/user) tokens on `graph.facebook.com`,
+`graph-video.facebook.com` and `rupload.facebook.com` only (a wrong one is code 190, as Meta answers a token it
+cannot parse), Page videos are uploaded to `graph-video`, `rupload` and `upload_type=resumable` exist for
+Facebook Login only, and any Graph version other than the one the app pins (`GRAPH_API_VERSION`) is refused.
+https://developers.facebook.com/docs/instagram-platform/instagram-api-with-instagram-login/content-publishing
+https://developers.facebook.com/docs/instagram-platform/content-publishing/resumable-uploads
+https://developers.facebook.com/docs/graph-api/video-uploads
+
 It keeps its own record (every request, container, publish call and live post): tests assert on that record,
 never on what the client believes. Where the reference does not say what a repeated commit does, the stand-in
 assumes the worst (publishing a container twice, or attaching the same photos twice, makes two posts), so a
@@ -41,8 +52,21 @@ from urllib.parse import parse_qsl, urlsplit
 
 from PIL import Image
 
-VERSION = "v23.0"
+from influencer_pipeline.endpoints import GRAPH_API_VERSION
+
+VERSION = GRAPH_API_VERSION
 VERSION_RE = re.compile(r"v\d+\.\d+")
+INSTAGRAM_LOGIN, FACEBOOK_LOGIN = "instagram", "facebook"
+IG_ROUTES = frozenset({"media", "media_list", "media_publish", "content_publishing_limit", "object"})
+PAGE_ROUTES = frozenset({"photos", "feed", "published_posts", "object"})
+VIDEO_ROUTES = frozenset({"videos:start", "videos:transfer", "videos:finish"})
+# host -> (the login whose tokens it takes, the routes it serves)
+HOSTS: dict[str, tuple[str, frozenset[str]]] = {
+    "graph.instagram.com": (INSTAGRAM_LOGIN, IG_ROUTES),
+    "graph.facebook.com": (FACEBOOK_LOGIN, IG_ROUTES | PAGE_ROUTES),
+    "graph-video.facebook.com": (FACEBOOK_LOGIN, VIDEO_ROUTES),
+    "rupload.facebook.com": (FACEBOOK_LOGIN, frozenset({"rupload"})),
+}
 DAY_S = 86400
 MAX_IG_IMAGE_BYTES = 8 * 1024 * 1024
 MAX_FB_PHOTO_BYTES = 4 * 1024 * 1024
@@ -89,7 +113,8 @@ class GraphFault(Exception):
 
 @dataclass
 class Received:
-    """One request as the stand-in saw it: `route` names the endpoint (see `MetaStandin.fail`)."""
+    """One request as the stand-in saw it: `route` names the endpoint (see `MetaStandin.fail`), `host` the Meta
+    host the client meant (the first path segment), `refused` why the host or version was wrong (empty if not)."""
 
     method: str
     route: str
@@ -97,6 +122,18 @@ class Received:
     params: dict[str, str]
     token_in_url: bool
     at: float
+    host: str = ""
+    refused: str = ""
+
+
+@dataclass(frozen=True)
+class Routed:
+    """A request path taken apart: `<host>/<version>/<node>/<edge>`, or `files/<name>` for the media host."""
+
+    host: str
+    version: str
+    route: str
+    args: list[str]
 
 
 @dataclass
@@ -203,22 +240,31 @@ class Fault:
 
 
 class MetaStandin:
-    """Start with `start()` or as a context manager; then `graph_base`, `rupload_base` and `video_base` point here.
+    """Start with `start()` or as a context manager; then `url` is the `base_url` for the Meta publishers.
 
-    `token` is the one valid access token (Page and IG calls alike). The stand-in is also a `MediaHost`:
-    `url_for(path)` serves a local file from `/files/...`, and containers fetch it over HTTP like Meta would.
+    `ig_login` is how the Instagram account (`ig_user_id`) was linked, hence the host it answers on. `token` is the
+    Facebook Login token (the Page's: Page calls, and Instagram through Facebook Login); `ig_token` is the token
+    for the Instagram account (an Instagram Login token, or `token` itself under Facebook Login);
+    `trust(check, login)` accepts the tokens an OAuth stand-in issued as well. The
+    stand-in is also a `MediaHost`: `url_for(path)` serves a local file from `/files/...`, and containers fetch it
+    over HTTP like Meta would.
     """
 
     def __init__(
         self,
         *,
         ig_user_id: str = "17841400000000001",
+        ig_login: str = FACEBOOK_LOGIN,
         page_id: str = "100000000000001",
         quota_total: int = 50,
         video_chunk_bytes: int = 64 * 1024,
     ) -> None:
+        self.ig_login = ig_login
         self.token = "EAAG" + secrets.token_hex(24)
+        self.ig_token = "IGAA" + secrets.token_hex(24) if ig_login == INSTAGRAM_LOGIN else self.token
+        self._host = ""  # the host of the request being dispatched
         self.token_state = "valid"
+        self._trusted: list[tuple[Any, str]] = []
         self.ig_user_id = ig_user_id
         self.page_id = page_id
         self.quota_total = quota_total
@@ -265,17 +311,13 @@ class MetaStandin:
         assert self._server is not None, "start() the stand-in first"
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    @property
-    def graph_base(self) -> str:
-        return f"{self.url}/{VERSION}"
+    def trust(self, check: Any, login: str) -> None:
+        """Accept every token for which `check(token)` is true (an OAuth stand-in's `valid`) as a `login` token."""
+        self._trusted.append((check, login))
 
-    @property
-    def video_base(self) -> str:
-        return self.graph_base
-
-    @property
-    def rupload_base(self) -> str:
-        return f"{self.url}/ig-api-upload/{VERSION}"
+    def refused(self) -> list[Received]:
+        """Requests refused for a wrong host, route or Graph version."""
+        return [r for r in self.requests if r.refused]
 
     def url_for(self, path: Path) -> str:
         """MediaHost: serve `path` at a stable URL (the name is its content hash)."""
@@ -360,51 +402,90 @@ class MetaStandin:
                 return fault
         return None
 
-    def _check_token(self, token: str) -> None:
-        """Code 190 for every bad token; the message quotes the token, as Meta's own messages do."""
-        if token and token == self.token and self.token_state == "valid":
+    def _login_of(self, token: str) -> str | None:
+        """Which login issued `token` (None: not a token Meta knows)."""
+        if not token:
+            return None
+        if token == self.token:
+            return FACEBOOK_LOGIN
+        if token == self.ig_token:
+            return self.ig_login
+        for check, login in self._trusted:
+            if check(token):
+                return login
+        return None
+
+    def _check_token(self, token: str, host: str) -> None:
+        """Code 190 for every bad token, and for a token of the other login (Instagram Login tokens work on
+        graph.instagram.com only); the message quotes the token, as Meta's own messages do."""
+        login = self._login_of(token)
+        if login is not None and login != HOSTS[host][0]:
+            raise GraphFault(190, None, f"Invalid OAuth access token - Cannot parse access token {token}", status=400)
+        if login is not None and self.token_state == "valid":
             return
-        if token == self.token and self.token_state == "expired":
+        if login is not None and self.token_state == "expired":
             message = f"Error validating access token: Session has expired. Token: {token}"
             raise GraphFault(190, 463, message, status=401)
-        if token == self.token and self.token_state == "revoked":
+        if login is not None and self.token_state == "revoked":
             message = f"Error validating access token: The user has not authorized application. Token: {token}"
             raise GraphFault(190, 458, message, status=401)
         raise GraphFault(190, None, f"Malformed access token {token}", status=401)
 
     def dispatch(self, method: str, path: str, params: dict[str, str], files: dict[str, bytes], token: str) -> Any:
         """Route one authenticated request; returns the JSON answer or raises GraphFault."""
-        route, args = self.route(method, path, params)
-        self._check_token(token)
-        handler = getattr(self, "_r_" + route.replace(":", "_"), None)
+        routed = self.route(method, path, params)
+        problem = self.misrouted(routed, params)
+        if problem is not None:
+            raise problem
+        self._check_token(token, routed.host)
+        self._host = routed.host
+        handler = getattr(self, "_r_" + routed.route.replace(":", "_"), None)
         if handler is None:
             raise GraphFault(100, None, f"Unsupported {method} request to {path}")
-        return handler(*args, params=params, files=files)
+        return handler(*routed.args, params=params, files=files)
 
     @staticmethod
-    def route(method: str, path: str, params: dict[str, str]) -> tuple[str, list[str]]:
+    def misrouted(routed: Routed, params: dict[str, str]) -> GraphFault | None:
+        """The error for a call to a host that does not serve it, or under another Graph version; else None."""
+        if routed.host not in HOSTS:
+            return GraphFault(100, None, f"Unknown host {routed.host!r}: the Meta stand-in serves {sorted(HOSTS)}")
+        if routed.version != VERSION:
+            message = f"Graph API {routed.version or '(no version)'} called; this app pins {VERSION}"
+            return GraphFault(2635, None, message)
+        if routed.route not in HOSTS[routed.host][1]:
+            return GraphFault(100, None, f"Unsupported request: {routed.host} does not serve {routed.route}")
+        if routed.host == "graph.instagram.com" and params.get("upload_type") == "resumable":
+            return GraphFault(
+                100, None, "upload_type=resumable is only available to apps that use Facebook Login for Business"
+            )
+        return None
+
+    @staticmethod
+    def route(method: str, path: str, params: dict[str, str]) -> Routed:
         parts = [p for p in path.split("/") if p]
         if parts[:1] == ["files"]:
-            return "files", parts[1:]
-        if parts[:1] == ["ig-api-upload"] and len(parts) == 3:
-            return "rupload", parts[2:]
-        if not parts or not VERSION_RE.fullmatch(parts[0]):
-            return "unknown", parts
-        rest = parts[1:]
+            return Routed("", "", "files", parts[1:])
+        host, rest = (parts[0], parts[1:]) if parts else ("", [])
+        if rest[:1] == ["ig-api-upload"] and len(rest) == 3:
+            return Routed(host, rest[1], "rupload", rest[2:])
+        if not rest or not VERSION_RE.fullmatch(rest[0]):
+            return Routed(host, "", "unknown", rest)
+        version, rest = rest[0], rest[1:]
         if len(rest) == 1:
-            return ("object" if method == "GET" else "unknown"), rest
+            return Routed(host, version, "object" if method == "GET" else "unknown", rest)
         if len(rest) == 2 and rest[1] == "media":
-            return ("media_list" if method == "GET" else "media"), rest[:1]
+            return Routed(host, version, "media_list" if method == "GET" else "media", rest[:1])
         if len(rest) == 2 and rest[1] == "videos" and method == "POST":
-            return f"videos:{params.get('upload_phase', '')}", rest[:1]
+            return Routed(host, version, f"videos:{params.get('upload_phase', '')}", rest[:1])
         if len(rest) == 2:
-            return rest[1], rest[:1]
-        return "unknown", parts
+            return Routed(host, version, rest[1], rest[:1])
+        return Routed(host, version, "unknown", rest)
 
     # -- Instagram ----------------------------------------------------------------------------------------
 
     def _ig_node(self, node: str) -> None:
-        if node != self.ig_user_id:
+        """The Instagram account answers on the host of the login it was linked with only."""
+        if node != self.ig_user_id or HOSTS[self._host][0] != self.ig_login:
             raise GraphFault(100, 33, f"Object with ID '{node}' does not exist or cannot be loaded")
 
     def _r_media(self, node: str, *, params: dict[str, str], files: dict[str, bytes]) -> dict[str, Any]:
@@ -778,14 +859,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         split = urlsplit(self.path)
         params, files = self._params(split.query)
         token = self._token(params)
-        route, args = standin.route(method, split.path, params)
-        if route == "files":
-            self._serve_file(args)
+        routed = standin.route(method, split.path, params)
+        if routed.route == "files":
+            self._serve_file(routed.args)
             return
+        problem = standin.misrouted(routed, params)
         with standin._lock:
             in_url = "access_token" in dict(parse_qsl(split.query)) or (bool(token) and token in self.path)
-            standin.requests.append(Received(method, route, split.path, params, in_url, time.time()))
-            fault = standin._take_fault(route)
+            refused = problem.message if problem is not None else ""
+            received = Received(method, routed.route, split.path, params, in_url, time.time(), routed.host, refused)
+            standin.requests.append(received)
+            fault = standin._take_fault(routed.route) if problem is None else None
         if fault is not None and fault.action in ("error", "http", "drop_before"):
             self._misbehave(fault)
             return

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from PIL import Image
 
+from influencer_pipeline.endpoints import GRAPH_API_VERSION
 from influencer_pipeline.publishing.base import (
     CommitOutcomeUnknown,
     PostMedia,
@@ -41,8 +43,7 @@ def meta() -> Iterator[MetaStandin]:
 
 def publisher(meta: MetaStandin, tmp_path: Path, **overrides: Any) -> FacebookPagePublisher:
     options: dict[str, Any] = {
-        "graph_base": meta.graph_base,
-        "video_base": meta.video_base,
+        "base_url": meta.url,
         "work_dir": tmp_path / "work",
         "poll_interval_s": 0.001,
         "max_wait_s": 2.0,
@@ -102,6 +103,45 @@ def test_photo_is_uploaded_unpublished_then_posted_once(meta: MetaStandin, tmp_p
     assert photo.format == "JPEG"  # WebP is not taken: converted before upload
     assert published.permalink == live.permalink_url
     assert not any(r.token_in_url for r in meta.requests)
+
+
+def test_every_call_goes_to_the_host_meta_documents_at_the_pinned_version(meta: MetaStandin, tmp_path: Path) -> None:
+    """Photos and posts on graph.facebook.com, video upload phases on graph-video.facebook.com, all at
+    GRAPH_API_VERSION (the one accounts are linked with); the publisher is built as in production."""
+    pub = publisher(meta, tmp_path)
+    for fmt, path in (("image", image(tmp_path, "a.jpg")), ("reel", video(tmp_path))):
+        request = post(fmt, path, caption=f"{CAPTION} {fmt}")
+        pub.commit(prepared(pub, request, meta.token), request, meta.token)
+
+    assert len(meta.fb_posts) == 2 and meta.refused() == []
+    hosts = {r.route.split(":")[0]: r.host for r in meta.requests}
+    assert hosts == {
+        "photos": "graph.facebook.com",
+        "feed": "graph.facebook.com",
+        "object": "graph.facebook.com",
+        "videos": "graph-video.facebook.com",
+    }
+    assert {r.path.split("/")[2] for r in meta.requests} == {GRAPH_API_VERSION}
+
+
+def test_the_stand_in_refuses_page_calls_on_the_wrong_host_or_version(meta: MetaStandin) -> None:
+    auth = {"Authorization": f"OAuth {meta.token}"}
+    v = GRAPH_API_VERSION
+    calls = {
+        "video on graph.facebook.com": f"{meta.url}/graph.facebook.com/{v}/{meta.page_id}/videos",
+        "photo on graph.instagram.com": f"{meta.url}/graph.instagram.com/{v}/{meta.page_id}/photos",
+        "old version": f"{meta.url}/graph.facebook.com/v23.0/{meta.page_id}/feed",
+    }
+    answers = {
+        name: requests.post(
+            url, data={"upload_phase": "start", "file_size": "10", "message": "x"}, headers=auth, timeout=5
+        )
+        for name, url in calls.items()
+    }
+
+    assert {name: answer.status_code for name, answer in answers.items()} == dict.fromkeys(calls, 400)
+    assert answers["old version"].json()["error"]["code"] == 2635
+    assert len(meta.refused()) == 3 and meta.videos == {} and meta.fb_posts == []
 
 
 def test_multi_photo_post_attaches_every_photo_to_one_post(meta: MetaStandin, tmp_path: Path) -> None:

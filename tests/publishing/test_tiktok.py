@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import requests
 
 from influencer_pipeline.publishing.base import CommitOutcomeUnknown, PostMedia, PublishError, PublishRequest
 from influencer_pipeline.publishing.tiktok import ChunkPlan, ChunkRules, MiB, TikTokPublisher, plan_chunks
@@ -107,6 +108,23 @@ def test_a_direct_post_goes_out_once_labelled_as_ai_after_processing(standin: Ti
         == ["creator_info", "init", "status", "status", "chunk", "chunk", "chunk", "final"] + ["status"] * 3
     )
     assert handle.extra["expires_at"] == "2026-11-23T18:50:00+00:00"
+
+
+def test_api_calls_and_uploads_go_to_tiktoks_own_hosts(standin: TikTokStandin, video: Path) -> None:
+    """The publisher, built as in production with only `base_url` swapped, calls open.tiktokapis.com and uploads
+    to the URL TikTok handed out (open-upload.tiktokapis.com); calls that drop the real host are refused."""
+    tiktok, post = publisher(standin), request(video)
+    handle = tiktok.prepare(post, TOKEN)
+    tiktok.commit(handle, post, TOKEN)
+    assert handle.extra["upload_url"].startswith(f"{standin.url}/open-upload.tiktokapis.com/upload/")
+    assert "wrong-host" not in standin.requests and len(standin.posts) == 1
+
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    hostless = requests.post(f"{standin.url}/v2/post/publish/creator_info/query/", json={}, headers=auth, timeout=5)
+    upload = handle.extra["upload_url"].replace("/open-upload.tiktokapis.com", "")
+    stray = requests.put(upload, data=b"x", headers={"Content-Range": "bytes 0-0/1"}, timeout=5)
+    assert (hostless.status_code, stray.status_code) == (404, 404)
+    assert standin.requests[-2:] == ["wrong-host", "wrong-host"] and len(standin.posts) == 1
 
 
 def test_an_inbox_upload_needs_only_the_upload_scope_and_lands_in_the_inbox(

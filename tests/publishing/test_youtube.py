@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import requests
 
 from influencer_pipeline.publishing.base import CommitOutcomeUnknown, PostMedia, PublishError, PublishRequest
 from influencer_pipeline.publishing.youtube import (
@@ -359,3 +360,35 @@ def test_the_access_token_never_appears_in_errors_logs_or_reprs(
     texts = [str(e) for e in errors] + [repr(e) for e in errors] + [repr(handle), repr(youtube), caplog.text]
     assert all(TOKEN not in text for text in texts)
     assert standin.videos == []
+
+
+def test_the_stand_in_refuses_an_upload_that_drops_status_from_part_or_misses_the_host(
+    standin: YouTubeStandin, videos: dict[str, Path]
+) -> None:
+    """YouTube sets only the parts `part` names: without `status`, `containsSyntheticMedia` (and the privacy
+    status) would be silently lost, so the stand-in refuses the request; a base URL that drops the real host is
+    refused too. The publisher, built as in production, passes both checks."""
+    youtube, post = publisher(standin), request(videos["vertical"])
+    resource = youtube.video_resource(post, short=True)
+    headers = {"Authorization": f"Bearer {TOKEN}", "X-Upload-Content-Length": str(SIZE)}
+    upload = f"{standin.url}/www.googleapis.com/upload/youtube/v3/videos"
+    dropped = requests.post(
+        upload, params={"uploadType": "resumable", "part": "snippet"}, json=resource, headers=headers, timeout=5
+    )
+    hostless = requests.post(
+        f"{standin.url}/upload/youtube/v3/videos",
+        params={"uploadType": "resumable", "part": "snippet,status"},
+        json=resource,
+        headers=headers,
+        timeout=5,
+    )
+
+    assert dropped.status_code == 400 and dropped.json()["error"]["errors"][0]["reason"] == "unexpectedPart"
+    assert hostless.status_code == 404
+    assert standin.sessions == {}
+
+    handle = youtube.prepare(post, TOKEN)
+    youtube.commit(handle, post, TOKEN)
+    assert standin.session(handle.value).params["part"] == "snippet,status"
+    assert handle.value.startswith(upload)
+    assert [v.resource["status"]["containsSyntheticMedia"] for v in standin.videos] == [True]

@@ -14,6 +14,11 @@ It speaks the protocol of `reference/social-apis.md` §4 (all API calls `POST` J
   for `processing_polls` polls after it, then PUBLISH_COMPLETE (direct; the post id appears after
   `moderation_polls` more polls), SEND_TO_USER_INBOX (inbox), or FAILED with `reject_media` as fail_reason.
 
+Hosts are checked: the client is built as in production with only `base_url` swapped (`endpoints.rehome`), so
+API calls arrive as `/open.tiktokapis.com/v2/...` and anything on another host is refused (404, recorded as
+`wrong-host`); upload URLs are handed out on `open-upload.tiktokapis.com`, as TikTok's are, and only they take
+chunks. https://developers.tiktok.com/doc/content-posting-api-reference-direct-post
+
 Its own record is the source of truth: `publishes` (every init with its body, chunks and stored bytes), `posts`
 (videos live on the profile) and `inbox` (videos sent to the creator's inbox). A publish goes out at most once, and
 only when all its bytes are stored.
@@ -40,6 +45,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 ROUTES = frozenset({"creator_info", "init", "status", "chunk", "final"})
+API_HOST = "open.tiktokapis.com"
+UPLOAD_HOST = "open-upload.tiktokapis.com"
 ERROR_STATUS = {
     "access_token_invalid": 401,
     "scope_not_authorized": 401,
@@ -218,7 +225,12 @@ class TikTokStandin:
         return None
 
     def _api(self, handler: http.server.BaseHTTPRequestHandler, raw: bytes) -> None:
-        path = urlsplit(handler.path).path
+        host, _, path = urlsplit(handler.path).path.removeprefix("/").partition("/")
+        path = "/" + path
+        if host != API_HOST:
+            self.requests.append("wrong-host")
+            _error(handler, "invalid_params", f"no such host {host!r}: the Content Posting API is on {API_HOST}", 404)
+            return
         route = {"/v2/post/publish/creator_info/query/": "creator_info", "/v2/post/publish/status/fetch/": "status"}
         name = route.get(path, "init" if path.endswith("/video/init/") else "")
         self.requests.append(name or path)
@@ -254,7 +266,9 @@ class TikTokStandin:
         publish = Publish(f"v_pub_file~v2-1.{uuid.uuid4().hex[:16]}", mode, body, uuid.uuid4().hex)
         with self._lock:
             self.publishes[publish.publish_id] = publish
-        upload_url = f"{self.url}/upload/?upload_id={publish.publish_id}&upload_token={publish.upload_token}"
+        upload_url = (
+            f"{self.url}/{UPLOAD_HOST}/upload/?upload_id={publish.publish_id}&upload_token={publish.upload_token}"
+        )
         _ok(handler, {"publish_id": publish.publish_id, "upload_url": upload_url})
 
     def _post_problem(self, body: dict[str, Any]) -> tuple[str, str] | None:
@@ -321,6 +335,10 @@ class TikTokStandin:
             self.posts.append(Delivered(publish.publish_id, post_info, bytes(publish.data), publish.post_id))
 
     def _chunk(self, handler: http.server.BaseHTTPRequestHandler, body: bytes) -> None:
+        if urlsplit(handler.path).path != f"/{UPLOAD_HOST}/upload/":
+            self.requests.append("wrong-host")
+            _send(handler, 404, b"")
+            return
         query = {key: values[0] for key, values in parse_qs(urlsplit(handler.path).query).items()}
         publish = self.publishes.get(query.get("upload_id", ""))
         match = _CONTENT_RANGE.match(handler.headers.get("Content-Range", ""))

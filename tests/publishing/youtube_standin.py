@@ -8,6 +8,13 @@ stores a chunk (non-final chunks must be multiples of 256 KiB and must start whe
 (`error.errors[0].reason`); a bad token is echoed in the 401 message, so redaction is really tested. Projects are
 unaudited unless `audited=True`: their videos are locked private, as YouTube does.
 
+Stricter than YouTube where that catches client mistakes: the client is built as in production with only
+`base_url` swapped (`endpoints.rehome`), so uploads arrive as `/www.googleapis.com/upload/youtube/v3/videos` and
+any other host is refused; `part` must name `snippet` and `status` and every part the body carries (YouTube sets
+only the parts `part` names, so a request without `status` would silently lose `containsSyntheticMedia` and the
+privacy status; the stand-in refuses such a request with `unexpectedPart` instead).
+https://developers.google.com/youtube/v3/docs/videos/insert
+
 Its own record is the source of truth for the tests: every session with its stored bytes and every chunk request
 (`Chunk`: range, bytes that arrived, bytes stored), and `videos`, the videos that exist. A video is created only
 when a session's last byte is stored, at most once per session.
@@ -52,6 +59,8 @@ _ERRORS = {  # action -> (HTTP status, reason, message)
 }
 ACTIONS = frozenset(_ERRORS) | {"ok", "401", "drop", "partial", "lost-response", "slow", "expire"}
 _CONTENT_RANGE = re.compile(r"bytes (?:(\d+)-(\d+)|\*)/(\d+)$")
+UPLOAD_PATH = "/www.googleapis.com/upload/youtube/v3/videos"
+REQUIRED_PARTS = frozenset({"snippet", "status"})
 
 
 @dataclass
@@ -183,13 +192,16 @@ class YouTubeStandin:
         self.requests.append(("POST", "start"))
         url = urlsplit(handler.path)
         params = {key: values[0] for key, values in parse_qs(url.query).items()}
-        if url.path != "/upload/youtube/v3/videos" or params.get("uploadType") != "resumable":
-            _send_error(handler, 404, "notFound", f"no route {handler.path}")
+        if url.path != UPLOAD_PATH or params.get("uploadType") != "resumable":
+            self.requests[-1] = ("POST", "wrong-route")
+            _send_error(handler, 404, "notFound", f"no route {url.path}: uploads go to {UPLOAD_PATH}")
             return
         if self._answer_fault(handler, self._take_fault("start")):
             return
         resource = json.loads(body or b"{}")
-        problem = _metadata_problem(resource, handler.headers.get("X-Upload-Content-Length"))
+        problem = _part_problem(resource, params.get("part", "")) or _metadata_problem(
+            resource, handler.headers.get("X-Upload-Content-Length")
+        )
         if problem:
             _send_error(handler, 400, *problem)
             return
@@ -202,12 +214,12 @@ class YouTubeStandin:
         )
         with self._lock:
             self.sessions[session.id] = session
-        location = f"{self.url}/upload/youtube/v3/videos?uploadType=resumable&upload_id={session.id}"
+        location = f"{self.url}{UPLOAD_PATH}?uploadType=resumable&upload_id={session.id}"
         _send(handler, 200, b"", {"Location": location})
 
     def _put(self, handler: http.server.BaseHTTPRequestHandler, body: bytes) -> None:
         upload_id = parse_qs(urlsplit(handler.path).query).get("upload_id", [""])[0]
-        session = self.sessions.get(upload_id)
+        session = self.sessions.get(upload_id) if urlsplit(handler.path).path == UPLOAD_PATH else None
         match = _CONTENT_RANGE.match(handler.headers.get("Content-Range", ""))
         if session is None or match is None:
             self.requests.append(("PUT", "bad"))
@@ -305,6 +317,15 @@ class YouTubeStandin:
             handler.close_connection = True
             return True
         return False
+
+
+def _part_problem(resource: dict[str, Any], part: str) -> tuple[str, str] | None:
+    """`part` must name snippet and status, and every part the body sets (YouTube would drop the others)."""
+    named = {p.strip() for p in part.split(",") if p.strip()}
+    missing = (REQUIRED_PARTS | set(resource)) - named
+    if missing:
+        return "unexpectedPart", f"part={part!r} does not name {sorted(missing)}: those parts would not be set"
+    return None
 
 
 def _metadata_problem(resource: dict[str, Any], length: str | None) -> tuple[str, str] | None:
