@@ -185,6 +185,12 @@ class OpenAIChatWriter:
                 f"{self._shown_url} refused the API key (HTTP {response.status_code}: {self._server_text(response)}). "
                 f"Fix: check {API_KEY_ENV}: it must be a valid, unrevoked key with credit for {self.model!r}"
             )
+        if response.status_code == 402:  # OpenRouter: the account is out of credit; retrying cannot help
+            raise WriterError(
+                f"{self._shown_url} refused the request for lack of credit (HTTP 402: "
+                f"{self._server_text(response)}). Fix: add credit to the account behind {API_KEY_ENV} "
+                "(https://openrouter.ai/credits), or use the template writer"
+            )
         if response.status_code in RETRYABLE_STATUS:
             wait = retry_after_seconds(response.headers.get("Retry-After"))
             raise _Transient(f"HTTP {response.status_code}: {self._server_text(response)}", wait)

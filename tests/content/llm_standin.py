@@ -5,6 +5,15 @@ with its arrival time, headers and body, so tests can count attempts and measure
 Valid plans are written by `TemplateWriter` from the persona and day in the request's brief (the first user
 message), then shaped like a model's answer: `{"posts": [...]}` without ids. Every completion carries `usage`
 with token counts and, unless told otherwise, OpenRouter's `cost`.
+
+Stricter than OpenRouter where that catches client mistakes, checked before the script is consulted (a refused
+request does not use up a scripted behaviour): the bearer token must be the stand-in's `api_key` (401, as
+OpenRouter answers a missing or unknown key), the model must be one of `models` (400, "not a valid model ID"),
+and JSON mode must be asked for (`response_format` of type `json_object` or `json_schema`; 400 otherwise, since
+a plan must come back as JSON). On demand it answers 401 for a revoked key (`revoke_key`), 402 once the credits
+are spent (`exhaust_credits`) and 429 with Retry-After (`rate_limit`), besides any scripted `Status`.
+https://openrouter.ai/docs/api-reference/errors
+https://openrouter.ai/docs/features/structured-outputs
 """
 
 from __future__ import annotations
@@ -24,6 +33,10 @@ from influencer_pipeline.content.writers import TemplateWriter
 from influencer_pipeline.personas import Persona
 
 PostsEdit = Callable[[list[dict[str, Any]]], None]
+STANDIN_KEY = "sk-or-v1-0123456789abcdef-test-key"
+# Real OpenRouter model ids the tests use, and the writer's default.
+STANDIN_MODELS = ("test/model", "openai/gpt-4o-mini", "openrouter/auto")
+JSON_MODES = ("json_object", "json_schema")
 
 
 @dataclass(frozen=True)
@@ -89,11 +102,33 @@ class Received:
 
 @dataclass
 class LLMStandin:
-    """Start with `start()` or as a context manager; `url` is then the base URL (`.../v1`) for the writer."""
+    """Start with `start()` or as a context manager; `url` is then the base URL (`.../v1`) for the writer.
+
+    `received` holds every request that passed the checks; `refused` the (status, reason) of those that did not.
+    """
 
     script: deque[Behaviour] = field(default_factory=deque)
     received: list[Received] = field(default_factory=list)
+    api_key: str = STANDIN_KEY
+    models: tuple[str, ...] = STANDIN_MODELS
+    refused: list[tuple[int, str]] = field(default_factory=list)
+    key_revoked: bool = False
+    credits_spent: bool = False
+    rate_limited: int = 0
+    retry_after: str = "1"
     _server: http.server.ThreadingHTTPServer | None = None
+
+    def revoke_key(self) -> None:
+        """Every later request is answered 401, as for a key deleted in the OpenRouter dashboard."""
+        self.key_revoked = True
+
+    def exhaust_credits(self) -> None:
+        """Every later request is answered 402 (OpenRouter: insufficient credits)."""
+        self.credits_spent = True
+
+    def rate_limit(self, times: int, retry_after: str = "1") -> None:
+        """The next `times` requests are answered 429 with this Retry-After."""
+        self.rate_limited, self.retry_after = times, retry_after
 
     def then(self, *behaviours: Behaviour) -> LLMStandin:
         self.script.extend(behaviours)
@@ -130,14 +165,37 @@ class LLMStandin:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def _check(self, handler: http.server.BaseHTTPRequestHandler, body: dict[str, Any]) -> Status | None:
+        """The refusal for a request OpenRouter (or this stricter stand-in) would not serve, else None."""
+        if handler.path != "/v1/chat/completions":
+            return Status(404, message=f"no route {handler.path}")
+        if handler.headers.get("Authorization", "") != f"Bearer {self.api_key}":
+            return Status(401, message="No auth credentials found")
+        if self.key_revoked:
+            return Status(401, message="User not found.")
+        if self.credits_spent:
+            return Status(402, message="Insufficient credits. Add more using https://openrouter.ai/credits")
+        if self.rate_limited > 0:
+            self.rate_limited -= 1
+            return Status(429, retry_after=self.retry_after, message="Rate limit exceeded")
+        if body.get("model") not in self.models:
+            return Status(400, message=f"{body.get('model')!r} is not a valid model ID")
+        response_format = body.get("response_format")
+        if not isinstance(response_format, dict) or response_format.get("type") not in JSON_MODES:
+            return Status(400, message=f"response_format must be one of {JSON_MODES}: the plan must come back as JSON")
+        return None
+
     def _handle(self, handler: http.server.BaseHTTPRequestHandler) -> None:
         body = json.loads(handler.rfile.read(int(handler.headers.get("Content-Length", 0))) or b"{}")
+        refusal = self._check(handler, body)
+        if refusal is not None:
+            self.refused.append((refusal.code, refusal.message))
+            _send_status(handler, refusal)
+            return
         behaviour = self.script.popleft() if self.script else Valid()
         record = Received(time.monotonic(), dict(handler.headers.items()), body, behaviour)
         self.received.append(record)
-        if handler.path != "/v1/chat/completions":
-            _send(handler, 404, {"error": {"message": f"no route {handler.path}", "code": 404}})
-        elif isinstance(behaviour, Drop):
+        if isinstance(behaviour, Drop):
             handler.close_connection = True
         elif isinstance(behaviour, Status):
             _send_status(handler, behaviour)

@@ -14,6 +14,7 @@ from email.utils import format_datetime
 from typing import Any
 
 import pytest
+import requests
 
 from influencer_pipeline.content.openai_chat import (
     API_KEY_ENV,
@@ -24,9 +25,19 @@ from influencer_pipeline.content.openai_chat import (
 )
 from influencer_pipeline.content.writers import WriterError, image_prompt_prefix
 from influencer_pipeline.personas import Persona
-from tests.content.llm_standin import Drop, InvalidJson, LLMStandin, Received, SchemaInvalid, Slow, Status, Valid
+from tests.content.llm_standin import (
+    STANDIN_KEY,
+    Drop,
+    InvalidJson,
+    LLMStandin,
+    Received,
+    SchemaInvalid,
+    Slow,
+    Status,
+    Valid,
+)
 
-KEY = "sk-or-v1-0123456789abcdef-test-key"
+KEY = STANDIN_KEY
 DAY = date(2026, 11, 23)
 AVA = Persona(
     slug="ava",
@@ -266,3 +277,51 @@ def test_retry_after_parses_seconds_and_http_dates() -> None:
     assert retry_after_seconds(format_datetime(now - timedelta(seconds=30), usegmt=True), now=now) == 0.0
     for unusable in (None, "", "soon", "nan", "inf"):
         assert retry_after_seconds(unusable) is None
+
+
+# -- the stand-in is stricter than OpenRouter: key, model, JSON mode; 401/402/429 on demand -----------------------
+
+
+def test_a_wrong_key_is_refused_by_the_stand_in_and_named_by_the_writer(standin: LLMStandin) -> None:
+    with pytest.raises(WriterError) as info:
+        make_writer(standin, api_key="sk-or-v1-not-the-key-000").plan_day(AVA, DAY)
+    assert standin.refused == [(401, "No auth credentials found")] and standin.received == []
+    assert "HTTP 401" in str(info.value) and API_KEY_ENV in str(info.value)
+    assert "not-the-key" not in str(info.value)
+
+
+def test_an_unknown_model_is_refused_and_the_writer_names_it(standin: LLMStandin) -> None:
+    with pytest.raises(WriterError, match=r"HTTP 400: 'no/such-model' is not a valid model ID.*'no/such-model'"):
+        make_writer(standin, model="no/such-model").plan_day(AVA, DAY)
+    assert [code for code, _ in standin.refused] == [400] and standin.received == []
+
+
+def test_the_stand_in_refuses_a_request_without_json_mode(standin: LLMStandin) -> None:
+    """The writer always asks for JSON (the happy path passes the same check); a request without it is refused."""
+    body = {"model": "test/model", "messages": [{"role": "user", "content": "{}"}]}
+    answer = requests.post(
+        f"{standin.url}/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=5
+    )
+    assert answer.status_code == 400 and "response_format" in answer.json()["error"]["message"]
+    make_writer(standin).plan_day(AVA, DAY)
+    assert standin.received[0].body["response_format"]["type"] in ("json_object", "json_schema")
+
+
+def test_spent_credits_are_a_402_the_writer_reports_as_credits_without_retrying(standin: LLMStandin) -> None:
+    standin.exhaust_credits()
+    with pytest.raises(WriterError) as info:
+        make_writer(standin).plan_day(AVA, DAY)
+    assert [code for code, _ in standin.refused] == [402]  # asked once: more credit will not appear by retrying
+    assert "HTTP 402" in str(info.value) and "credit" in str(info.value).lower()
+    assert "model name" not in str(info.value)
+
+
+def test_a_revoked_key_is_a_401_and_rate_limits_are_waited_out(standin: LLMStandin) -> None:
+    standin.rate_limit(2, retry_after="0.05")
+    plan, _ = make_writer(standin).plan_day(AVA, DAY)
+    assert plan.posts and [code for code, _ in standin.refused] == [429, 429]
+
+    standin.revoke_key()
+    with pytest.raises(WriterError, match="refused the API key"):
+        make_writer(standin).plan_day(AVA, DAY)
+    assert standin.refused[-1] == (401, "User not found.")

@@ -55,7 +55,7 @@ def test_template_plan_is_written_and_shown_as_a_calendar(trained) -> None:
 
 
 def test_openai_writer_usage_is_recorded(trained) -> None:
-    with LLMStandin() as llm:
+    with LLMStandin(api_key="sk-test", models=("m",)) as llm:
         result = run(trained, [content_plan], WriterResource(base_url=llm.url, api_key="sk-test", model="m"))
         assert len(llm.received) == 1
     assert result.success, failure_text(result)
@@ -64,7 +64,7 @@ def test_openai_writer_usage_is_recorded(trained) -> None:
 
 
 def test_failing_writer_api_ends_in_a_clear_error_after_retries(trained) -> None:
-    with LLMStandin() as llm:
+    with LLMStandin(api_key="sk-secret-123", models=("m",)) as llm:
         llm.then(*[Status(500)] * 10)
         writer = WriterResource(base_url=llm.url, api_key="sk-secret-123", model="m", max_retries=2, backoff_s=0.01)
         result = run(trained, [content_plan], writer, partition=key(day="2026-11-20"))

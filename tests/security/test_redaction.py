@@ -40,7 +40,7 @@ def test_chat_writer_redacts_a_key_echoed_at_the_cut_before_cutting() -> None:
     """OpenAI-style 401: 'Incorrect API key provided: <key>' where the key starts a few characters before 300."""
     echo = " (you sent Bearer "
     filler = "x" * (SERVER_TEXT_LIMIT - len(echo) - len("sk-or-v1-") - len(PREFIX) - 2)
-    with LLMStandin() as standin:
+    with LLMStandin(api_key=KEY) as standin:
         standin.then(Status(401, message=filler, echo_key=True))
         writer = OpenAIChatWriter(base_url=standin.url, api_key=KEY, model="test/model", timeout_s=5, max_retries=0)
         with pytest.raises(WriterError) as caught:

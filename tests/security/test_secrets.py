@@ -194,7 +194,7 @@ def test_a_failing_run_records_no_credential_in_its_event_log_or_compute_logs(
     home.mkdir()
     shutil.copy(ROOT / "resources" / "dagster" / "dagster.local.yaml", home / "dagster.yaml")
     monkeypatch.delenv("MEDIA_S3_BUCKET")  # local media: the run gets as far as the writer
-    with LLMStandin() as writer:
+    with LLMStandin(api_key=fakes.env["OPENROUTER_API_KEY"]) as writer:  # the stand-in checks the key it is sent
         writer.then(Status(401, message="Incorrect API key provided", echo_key=True))
         password = f"writer-base-url-{fakes.tag}"
         writer_url = writer.url.replace("http://", f"http://writer:{password}@")
