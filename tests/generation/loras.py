@@ -27,3 +27,18 @@ def write_lora(path: Path, family: str = "sd1", *, seed: int = 0, claim: str | N
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata=metadata)
     return path
+
+
+def write_checkpoint(path: Path, kind: str) -> Path:
+    """A header-faithful single-file checkpoint stub: `sd1`, `sdxl` (UNet cross-attention 768 / 2048 wide) or
+    `svd` (CLIP-vision encoder under `conditioner.embedders.0.open_clip.model.visual.` and temporal layers).
+    Tensors are tiny except for the shapes the header is read for."""
+    width = {"sd1": 768, "sdxl": 2048, "svd": 1024}[kind]
+    attn = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2"
+    tensors = {f"{attn}.to_k.weight": np.zeros((320, width), dtype=np.float16)}
+    if kind == "svd":
+        tensors["model.diffusion_model.input_blocks.1.0.time_stack.in_layers.2.weight"] = np.zeros((2, 2), np.float16)
+        tensors["conditioner.embedders.0.open_clip.model.visual.proj"] = np.zeros((2, 2), np.float16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return path

@@ -27,7 +27,7 @@ from influencer_pipeline.generation.base import ClipRequest, GenerationRequest, 
 from influencer_pipeline.generation.comfyui import ComfyUIEngine, ComfyUIError, combo_options, describe_rejection
 from influencer_pipeline.generation.workflows import build_txt2img, load_template
 from tests.generation.comfy_standin import ComfyStandin, Run
-from tests.generation.loras import write_lora
+from tests.generation.loras import write_checkpoint, write_lora
 
 SD15 = "v1-5-pruned-emaonly.safetensors"
 FOREIGN = "someone-else"
@@ -636,3 +636,143 @@ def test_a_template_that_saves_stills_is_refused_for_clips(standin: ComfyStandin
     engine = make_engine(standin, templates_dir=folder)
     with pytest.raises(ComfyUIError, match=r"not an animated WEBP.*must end in a SaveAnimatedWEBP node"):
         engine.animate([ClipRequest(still((3, 3, 3)), frames=2)])
+
+
+# ----- the LoRA's base family must match the checkpoint's -------------------------------------------------------
+
+
+@pytest.mark.parametrize(("family", "label"), [("tiny", "an unknown base model"), ("sdxl", "SDXL")])
+def test_a_lora_of_another_family_is_refused_before_it_is_copied(
+    standin: ComfyStandin, tmp_path: Path, family: str, label: str
+) -> None:
+    """Real ComfyUI renders such a LoRA's images without it and reports success (recordings/
+    lora_family_mismatch_*.json): the header check is the only thing that stops it."""
+    trained = write_lora(tmp_path / "ava.safetensors", family, claim="sd_v1")
+    with pytest.raises(InputError) as caught:
+        make_engine(standin).deploy_lora(trained, "ava-1234")
+    message = str(caught.value)
+    assert f"trained for {label}, but COMFYUI_CHECKPOINT 'v1-5-pruned-emaonly.safetensors'" in message
+    assert "ss_base_model_version='sd_v1'" in message, "the (false) claim in the metadata is shown, not trusted"
+    assert "train the persona's LoRA on a Stable Diffusion 1.x base model" in message
+    assert list(standin.loras_dir.iterdir()) == [], "nothing is copied into ComfyUI's folder"
+
+
+def test_without_the_check_comfyui_would_report_success_and_only_log_the_mismatch(
+    standin: ComfyStandin, tmp_path: Path
+) -> None:
+    """What the stand-in does, as the real ComfyUI: a foreign LoRA placed by hand still yields a 'successful' image."""
+    write_lora(standin.loras_dir / "foreign.safetensors", "sdxl")
+    [image] = make_engine(standin).generate([GenerationRequest(prompt="x", loras=(LoraRef("foreign.safetensors"),))])
+    assert image.png.startswith(b"\x89PNG")
+    assert standin.console == [
+        "ERROR lora diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight shape '[320, 768]' is "
+        "invalid for input of size 655360"
+    ]
+
+
+def test_a_matching_lora_deploys_on_each_family(standin: ComfyStandin, tmp_path: Path) -> None:
+    sd1 = make_engine(standin).deploy_lora(write_lora(tmp_path / "a.safetensors", "sd1"), "a")
+    sdxl_engine = make_engine(standin, template="sdxl-lora-txt2img")
+    sdxl = sdxl_engine.deploy_lora(write_lora(tmp_path / "b.safetensors", "sdxl"), "b")
+    assert (sd1, sdxl) == ("a.safetensors", "b.safetensors")
+    with pytest.raises(InputError, match=r"trained for Stable Diffusion 1\.x, but .* is SDXL"):
+        sdxl_engine.deploy_lora(write_lora(tmp_path / "c.safetensors", "sd1"), "c")
+
+
+def test_the_checkpoint_header_decides_when_comfyuis_models_folder_is_visible(
+    standin: ComfyStandin, tmp_path: Path
+) -> None:
+    """With models/checkpoints beside models/loras, COMFYUI_CHECKPOINT's own header is read: a template that
+    declares another family is a configuration error, named before any LoRA is copied."""
+    write_checkpoint(tmp_path / "checkpoints" / SD15, "sdxl")  # an SDXL file under the SD1.5 name
+    with pytest.raises(
+        InputError, match=r"COMFYUI_CHECKPOINT: 'v1-5-pruned-emaonly\.safetensors' is a SDXL checkpoint"
+    ):
+        make_engine(standin).deploy_lora(write_lora(tmp_path / "a.safetensors", "sd1"), "a")
+    write_checkpoint(tmp_path / "checkpoints" / SD15, "sd1")
+    assert make_engine(standin).lora_family() == ("sd1", f"COMFYUI_CHECKPOINT {SD15!r}")
+
+
+def test_a_lora_that_is_not_safetensors_is_a_clear_error(standin: ComfyStandin, tmp_path: Path) -> None:
+    trained = tmp_path / "ava.safetensors"
+    trained.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(InputError, match=r"ava\.safetensors: is not a readable safetensors file"):
+        make_engine(standin).deploy_lora(trained, "ava")
+
+
+# ----- image-to-video needs an SVD checkpoint -------------------------------------------------------------------
+
+
+def test_a_non_svd_video_checkpoint_is_refused_before_anything_is_queued(standin: ComfyStandin) -> None:
+    """ComfyUI lists every checkpoint for ImageOnlyCheckpointLoader and fails mid-run on a non-SVD one
+    (recordings/img2vid_not_svd_checkpoint.json); the engine refuses it before uploading or queueing."""
+    engine = make_engine(standin, video_checkpoint="sd_xl_base_1.0.safetensors")
+    with pytest.raises(
+        InputError, match=r"COMFYUI_VIDEO_CHECKPOINT: 'sd_xl_base_1\.0\.safetensors' does not look like"
+    ):
+        engine.animate([ClipRequest(still((0, 0, 0)), frames=2)])
+    same = make_engine(standin, video_checkpoint=SD15)
+    with pytest.raises(InputError, match="is the image checkpoint"):
+        same.animate([ClipRequest(still((0, 0, 0)), frames=2)])
+    assert not standin.received("POST", "/upload/image") and not standin.runs
+
+
+def test_the_stand_in_fails_a_non_svd_checkpoint_as_comfyui_does(standin: ComfyStandin) -> None:
+    """The failure the check prevents, recorded from the real ComfyUI and replayed by the stand-in."""
+    engine = make_engine(standin, video_checkpoint="sd_xl_base_1.0.safetensors")
+    engine.check_video_checkpoint = lambda: None  # type: ignore[method-assign]  # what the engine did before
+    with pytest.raises(ComfyUIError, match=r"SVD_img2vid_Conditioning\): AttributeError: 'NoneType' object has no"):
+        engine.animate([ClipRequest(still((0, 0, 0)), frames=2)])
+
+
+def test_a_readable_video_checkpoint_is_judged_by_its_header(standin: ComfyStandin, tmp_path: Path) -> None:
+    write_checkpoint(tmp_path / "checkpoints" / "svd_xt.safetensors", "sd1")  # named svd, but it is not
+    with pytest.raises(InputError, match="is not a Stable Video Diffusion checkpoint: it has no CLIP-vision"):
+        make_engine(standin).animate([ClipRequest(still((0, 0, 0)), frames=2)])
+    write_checkpoint(tmp_path / "checkpoints" / "svd_xt.safetensors", "svd")
+    [clip] = make_engine(standin).animate([ClipRequest(still((0, 0, 0)), frames=2)])
+    assert clip.webp[:4] == b"RIFF"
+
+
+# ----- deployed files do not pile up -----------------------------------------------------------------------------
+
+
+def test_a_new_version_replaces_the_personas_older_deployed_files(standin: ComfyStandin, tmp_path: Path) -> None:
+    engine = make_engine(standin)
+    user_file = write_lora(standin.loras_dir / "ava-deadbeef.safetensors", seed=9)  # not deployed by us
+    other = engine.deploy_lora(write_lora(tmp_path / "bo.safetensors", seed=3), "bo-11111111", group="bo")
+    first = engine.deploy_lora(write_lora(tmp_path / "v1.safetensors", seed=1), "ava-aaaaaaaa", group="ava")
+    second = engine.deploy_lora(write_lora(tmp_path / "v2.safetensors", seed=2), "ava-bbbbbbbb", group="ava")
+
+    models = sorted(p.name for p in standin.loras_dir.iterdir() if not p.name.startswith("."))
+    assert models == sorted([user_file.name, other, second]), f"{first} was removed, nothing else"
+    ledger = engine.deployed()
+    assert sorted(ledger) == sorted([other, second])
+    assert ledger[second]["group"] == "ava"
+    assert ledger[second]["sha256"] == hashlib.sha256((tmp_path / "v2.safetensors").read_bytes()).hexdigest()
+
+
+def test_an_older_version_a_queued_prompt_uses_is_kept_until_a_later_deploy(
+    standin: ComfyStandin, tmp_path: Path
+) -> None:
+    engine = make_engine(standin)
+    first = engine.deploy_lora(write_lora(tmp_path / "v1.safetensors", seed=1), "ava-aaaaaaaa", group="ava")
+    standin.hang = True
+    body = {
+        "prompt": build_txt2img(
+            load_template("sd15-lora-txt2img"),
+            GenerationRequest(prompt="x", loras=(LoraRef(first),)),
+            seed=1,
+            checkpoint=SD15,
+        ),
+        "client_id": FOREIGN,
+    }
+    requests.post(f"{standin.url}/prompt", json=body, timeout=5).raise_for_status()
+    second = engine.deploy_lora(write_lora(tmp_path / "v2.safetensors", seed=2), "ava-bbbbbbbb", group="ava")
+    assert (standin.loras_dir / first).exists(), "a running prompt still uses it"
+    requests.post(f"{standin.url}/interrupt", json={}, timeout=5)
+    standin.hang = False
+    wait_for(lambda: standin.queue_remaining() == 0)
+    third = engine.deploy_lora(write_lora(tmp_path / "v3.safetensors", seed=3), "ava-cccccccc", group="ava")
+    assert sorted(engine.deployed()) == [third]
+    assert not (standin.loras_dir / first).exists() and not (standin.loras_dir / second).exists()
