@@ -49,6 +49,7 @@ from influencer_pipeline.accounts.providers import (
     PkceEncoding,
     Provider,
     default_login,
+    login_key,
     provider_for,
 )
 from influencer_pipeline.accounts.store import (
@@ -682,7 +683,7 @@ class Accounts:
 
     def client(self, platform: str, login: str | None = None) -> OAuthClient:
         """The OAuth client for linking `platform` with `login` (default: the platform's own login)."""
-        key = (platform, login or default_login(platform))
+        key = login_key(platform, login)
         with self._guard:
             if key not in self._clients:
                 self._clients[key] = self._make_client(*key)

@@ -208,16 +208,21 @@ def default_login(platform: str) -> str:
     return BUILTIN[platform].login_type
 
 
-def provider_for(platform: str, environ: Mapping[str, str] = os.environ, login: str | None = None) -> Provider:
-    """The provider for linking `platform` with `login` (default: the platform's own login), re-homed to
-    `<PLATFORM>_OAUTH_BASE_URL` when that is set (stand-ins, proxies)."""
+def login_key(platform: str, login: str | None) -> tuple[str, str]:
+    """(platform, login) checked against `LOGINS`; `login` None means the platform's default login."""
     if platform not in BUILTIN:
         raise InputError("platform", f"{platform!r} is not a supported platform", f"use one of {', '.join(PLATFORMS)}")
     key = (platform, login or default_login(platform))
     if key not in LOGINS:
         choices = ", ".join(kind for p, kind in LOGINS if p == platform)
         raise InputError("--login", f"{platform} cannot be linked with {login!r}", f"use one of: {choices}")
-    provider = LOGINS[key]
+    return key
+
+
+def provider_for(platform: str, environ: Mapping[str, str] = os.environ, login: str | None = None) -> Provider:
+    """The provider for linking `platform` with `login` (default: the platform's own login), re-homed to
+    `<PLATFORM>_OAUTH_BASE_URL` when that is set (stand-ins, proxies)."""
+    provider = LOGINS[login_key(platform, login)]
     base_url = environ.get(f"{platform.upper()}_OAUTH_BASE_URL")
     if base_url:
         provider = provider.with_base_url(base_url)

@@ -33,7 +33,7 @@ from influencer_pipeline.accounts.oauth import (
     code_challenge,
     utcnow,
 )
-from influencer_pipeline.accounts.providers import BUILTIN, PLATFORMS, provider_for
+from influencer_pipeline.accounts.providers import BUILTIN, GRAPH_API_VERSION, LOGINS, PLATFORMS, provider_for
 from influencer_pipeline.accounts.store import AccountStore, Secret, TokenCipher, accounts_table
 from influencer_pipeline.errors import InputError
 from tests.accounts.oauth_standin import (
@@ -46,6 +46,7 @@ from tests.accounts.oauth_standin import (
     Browser,
     FakeClock,
     OAuthStandin,
+    Reply,
     ServerError,
     Slow,
     standin_accounts,
@@ -591,3 +592,67 @@ def test_two_real_processes_refresh_once(tmp_path) -> None:
     assert [worker.returncode for worker in workers] == [0, 0]
     assert server.count("refresh") == 1
     assert outputs[0] == outputs[1] and server.valid(outputs[0])
+
+
+# --- Instagram through Facebook Login, hosts and the Graph version --------------------------------------------------
+
+
+def test_instagram_can_be_linked_through_facebook_login(store: AccountStore, clock: FakeClock) -> None:
+    """The Page's connected Instagram account is linked; the Page token is stored; the account remembers the
+    login, so publishing uses graph.facebook.com for it."""
+    with OAuthStandin("facebook", clock) as fb:
+        accounts = standin_accounts(store, [fb], clock)
+        account = link(accounts, "instagram", login="facebook")
+        pages = [c for c in fb.calls if c.endpoint == "pages"]
+
+    assert (account.platform, account.login, account.account_id) == ("instagram", "facebook", IG_USER_ID)
+    assert account.display_name == "ava.virtual"
+    assert set(LOGINS[("instagram", "facebook")].scopes) <= set(account.scopes)
+    assert "instagram_content_publish" in fb.calls[0].params["scope"]
+    assert "instagram_business_account" in pages[0].params["fields"]
+    tokens = store.read_tokens(account)
+    assert fb.tokens[tokens.access.reveal()].kind == "page" and account.expires_at is None
+    assert tokens.refresh is not None and fb.tokens[tokens.refresh.reveal()].kind == "long"  # revokes the grant
+    assert accounts.fresh_token("ava", "instagram") == tokens.access.reveal()
+
+
+def test_a_page_without_a_connected_instagram_account_fails_the_link_clearly(
+    store: AccountStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with OAuthStandin("facebook", clock) as fb:
+        monkeypatch.setattr(fb, "_fb_pages", lambda params, headers: Reply(200, {"data": [{"id": "1", "name": "P"}]}))
+        with pytest.raises(OAuthError, match="Instagram professional account connected"):
+            link(standin_accounts(store, [fb], clock), "instagram", login="facebook")
+    assert store.list() == []
+
+
+def test_an_unknown_login_is_an_input_error(accounts: Accounts, standin: OAuthStandin) -> None:
+    with pytest.raises(InputError, match="--login"):
+        accounts.link("ava", standin.platform, login="myspace", open_browser=None, say=lambda line: None)
+
+
+def test_every_meta_endpoint_uses_the_one_graph_version() -> None:
+    for (platform, login), provider in LOGINS.items():
+        graph_urls = [v for k, v in vars(provider).items() if k.endswith("_url") and "graph." in v]
+        for url in graph_urls:
+            version = urlsplit(url).path.split("/")[1]
+            assert version == GRAPH_API_VERSION or not version.startswith("v"), (platform, login, url)
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_the_oauth_stand_in_refuses_another_host_or_graph_version(platform: str, clock: FakeClock) -> None:
+    """The provider is re-homed with its real host kept in the path; drop or change that and nothing answers."""
+    with OAuthStandin(platform, clock) as server:
+        provider = BUILTIN[platform].with_base_url(server.base_url)
+        _, _, path = urlsplit(provider.token_url).path.removeprefix("/").partition("/")
+        method = provider.token_method
+        wrong_host = requests.request(method, f"{server.base_url}/example.com/{path}", timeout=5)
+        no_host = requests.request(method, f"{server.base_url}/{path}", timeout=5)
+        answers = [wrong_host.status_code, no_host.status_code]
+        if GRAPH_API_VERSION in provider.token_url:
+            old = provider.token_url.replace(GRAPH_API_VERSION, "v23.0")
+            answer = requests.request(method, old, timeout=5)
+            assert answer.json()["error"]["code"] == 2635
+            answers.append(answer.status_code)
+    assert all(code in (400, 404) for code in answers), answers
+    assert server.count("token") == 0 and server.count("refused") == len(answers)

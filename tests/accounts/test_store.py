@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import sqlite3
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -221,3 +222,29 @@ def test_utc_datetimes_survive_the_round_trip(db_file: Path) -> None:
     account = link(store)
     assert account.expires_at == NOW + timedelta(hours=1) and account.expires_at.tzinfo is not None
     assert account.linked_at == NOW and utcnow().tzinfo is not None
+
+
+def test_the_login_an_account_was_linked_with_is_recorded(db_file: Path) -> None:
+    """Instagram's API host depends on it: Instagram Login (graph.instagram.com) or Facebook Login."""
+    store = store_with(db_file, new_key())
+    identity = Identity("17841400000000001", "ava.virtual", ("instagram_basic",))
+    assert link(store).login == "google"
+    assert store.save_link("ava", "instagram", identity, tokens(), NOW).login == "instagram"  # the default login
+    relinked = store.save_link("ava", "instagram", identity, tokens(refresh=None), NOW, login="facebook")
+    assert relinked.login == "facebook"
+    assert store.read_tokens(relinked).refresh is None  # another login's refresh token is not kept
+    assert {a.platform: a.login for a in store.list()} == {"youtube": "google", "instagram": "facebook"}
+
+
+def test_a_table_from_before_the_login_column_gains_it_and_reads_as_the_default_login(db_file: Path) -> None:
+    key = new_key()
+    store_with(db_file, key)
+    link(store_with(db_file, key), platform="instagram")
+    with sqlite3.connect(db_file) as conn:  # the table as the previous release created it
+        conn.execute("ALTER TABLE accounts DROP COLUMN login")
+    store = store_with(db_file, key)
+
+    [account] = store.list()
+    assert account.login == "instagram"  # Instagram Login: the only way Instagram was linked before
+    with sqlite3.connect(db_file) as conn:
+        assert "login" in [row[1] for row in conn.execute("PRAGMA table_info(accounts)")]
