@@ -17,7 +17,7 @@ import difflib
 import re
 from dataclasses import dataclass
 from datetime import time
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -68,6 +68,8 @@ class Persona(BaseModel):
     test_prompts: tuple[str, ...] = ()
     lora_preset: str | None = None
     active: bool = True
+    # Publishing review: `required` keeps new posts as drafts until approved; `auto` schedules them at once.
+    approval: Literal["required", "auto"] = "required"
 
     @field_validator("trigger_word")
     @classmethod
@@ -138,6 +140,7 @@ FIELD_FIXES: dict[str, str] = {
     "posting_times": "write times as quoted 'HH:MM' strings, e.g. ['09:00', '18:30']",
     "hashtags": "write tags like 'travel' or '#travel', one per list item",
     "lora_preset": "use a file name (without .yaml) from resources/lora_presets/",
+    "approval": "write 'required' (posts wait for approval) or 'auto' (posts go out at their time)",
 }
 
 

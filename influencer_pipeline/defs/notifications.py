@@ -110,12 +110,31 @@ def materialized_assets(instance: dg.DagsterInstance, run_id: str) -> tuple[str,
 
 
 def failure_of(context: dg.RunFailureSensorContext) -> Failure:
-    """The first failed step and its own error (not Dagster's wrapper), else the run-level failure message."""
+    """The first failed step and its own error (not Dagster's wrapper), else the run-level failure message.
+
+    Failed asset checks of the run add a line each with their description: a blocking check's own error only
+    names the check, while its description says what is wrong (e.g. which posts are late, and why).
+    """
+    checks = failed_checks(context.instance, context.dagster_run.run_id)
     for step_event in context.get_step_failure_events():
         error = step_event.step_failure_data.error
         if error is not None:
-            return Failure(step=step_event.step_key, message=truncate_message(_root_message(error)))
-    return Failure(step=None, message=truncate_message(context.failure_event.message or "The run failed."))
+            message = "\n".join([_root_message(error), *checks])
+            return Failure(step=step_event.step_key, message=truncate_message(message))
+    message = "\n".join([context.failure_event.message or "The run failed.", *checks])
+    return Failure(step=None, message=truncate_message(message))
+
+
+def failed_checks(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    """One line per failed asset check evaluation of the run: `<asset>.<check>: <description>`."""
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION).records
+    lines = []
+    for record in records:
+        evaluation = record.event_log_entry.dagster_event.event_specific_data
+        if not evaluation.passed:
+            name = f"{evaluation.asset_key.to_user_string()}.{evaluation.check_name}"
+            lines.append(f"{name}: {evaluation.description or 'failed'}")
+    return lines
 
 
 def _root_message(error: SerializableErrorInfo) -> str:

@@ -1,31 +1,48 @@
-"""The `publishing` group: each planned post goes out at its time, exactly once, through the post ledger."""
+"""The `publishing` group: each approved post goes out at its time, exactly once, through the post ledger.
+
+Thin on purpose: which posts are due, their run keys and their review states are decided by the publishing
+package (`publishing/due.py`, `publishing/review.py`) from the ledger; this module registers rendered days,
+turns due runs into run requests, and records what happened as metadata and a check.
+"""
 
 import hashlib
 import os
 import socket
 import threading
-from datetime import UTC, datetime, timedelta
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
-from influencer_pipeline.content.plan import PlannedPost
+from influencer_pipeline.content.plan import ContentPlan, PlannedPost
 from influencer_pipeline.defs.content import day_and_persona, day_media, fetch, post_image_keys, post_videos, read_plan
 from influencer_pipeline.defs.errors import user_errors_are_final
 from influencer_pipeline.defs.metadata import table
 from influencer_pipeline.defs.partitions import calendar
 from influencer_pipeline.defs.resources import MediaStoreResource
+from influencer_pipeline.errors import InputError
 from influencer_pipeline.media.keys import content_prefix
 from influencer_pipeline.media.store import MediaStore
+from influencer_pipeline.personas import load_persona
+from influencer_pipeline.publishing import review
+from influencer_pipeline.publishing.base import PublishError
 from influencer_pipeline.publishing.brand_safety import scan
-from influencer_pipeline.publishing.ledger import Ledger
-from influencer_pipeline.publishing.orchestrator import publish_once
+from influencer_pipeline.publishing.due import day_statuses, describe, due_posts, due_runs, overdue_posts
+from influencer_pipeline.publishing.ledger import Ledger, default_url, shared_ledger
+from influencer_pipeline.publishing.orchestrator import RetryPolicy, publish_once, utc_now
 from influencer_pipeline.publishing.outbox import OutboxPublisher
 from influencer_pipeline.publishing.posts import prepare_posts
 from influencer_pipeline.video import aspects_for
 
-FINAL_STATES = ("published", "failed", "unconfirmed")
+# The clock and sleep of publishing: module attributes so a simulation can run a month on a fake clock.
+CLOCK: Callable[[], datetime] = utc_now
+SLEEP: Callable[[float], None] = time.sleep
+REGISTER_BATCH = 200  # post_videos materializations registered per tick at most
+CHECK_NAME = "posts_on_time"
 
 
 class PublishingResource(dg.ConfigurableResource):
@@ -35,35 +52,64 @@ class PublishingResource(dg.ConfigurableResource):
     outbox_dir: str = "outbox"
     ledger_url: str = ""  # empty: SQLite in work_dir; production: postgresql+psycopg2://...
     work_dir: str = "work"
+    grace_minutes: float = Field(
+        60.0, ge=0, description="How late a post may be before the posts_on_time check fails for it."
+    )
 
     def ledger(self) -> Ledger:
-        Path(self.work_dir).mkdir(parents=True, exist_ok=True)
-        ledger = Ledger(self.ledger_url or f"sqlite:///{Path(self.work_dir).resolve() / 'post_ledger.db'}")
-        ledger.upgrade()
-        return ledger
+        """The process's shared ledger: one engine per URL, migrated on first use, not on every tick."""
+        return shared_ledger(self.ledger_url or default_url(self.work_dir))
 
     def publisher_and_token(self, platform: str, persona: str, store: MediaStore):
+        """(publisher, tokens, account): `tokens()` makes a token provider for one publish (see `TokenSource`)."""
         if self.mode == "outbox":
             # One folder per persona: post ids are per persona and day, so two personas share them.
-            return OutboxPublisher(Path(self.outbox_dir) / persona), (lambda: ""), f"outbox:{persona}:{platform}"
+            outbox = OutboxPublisher(Path(self.outbox_dir) / persona)
+            return outbox, (lambda: lambda: ""), f"outbox:{persona}:{platform}"
         from influencer_pipeline.accounts import Accounts
         from influencer_pipeline.publishing.live import live_publisher
 
         accounts = Accounts.from_env()
-        account = accounts.account(persona, platform).account_id
+        account = accounts.account(persona, platform)  # its login decides the API host (Instagram)
         publisher = live_publisher(platform, account, store, Path(self.work_dir) / persona / "publish")
-        return publisher, (lambda: accounts.fresh_token(persona, platform)), account
+        return publisher, (lambda: TokenSource(accounts, persona, platform)), account.account_id
 
 
-ROW_COLUMNS = ("post", "platform", "account", "state", "remote_id", "permalink", "error", "preflight_changes")
+class TokenSource:
+    """The token provider of one publish: the first call gives the stored (or due-for-refresh) token; a second
+    call means the platform refused that token, so it forces a refresh of exactly that token.
+
+    Account errors become publish errors the ledger understands: a needed relink fails the post (auth), an
+    unreachable token endpoint retries it later (transient), an unlinked account fails it with the fix.
+    """
+
+    def __init__(self, accounts, persona: str, platform: str) -> None:
+        self.accounts, self.persona, self.platform = accounts, persona, platform
+        self.last: str | None = None
+
+    def __call__(self) -> str:
+        from influencer_pipeline.accounts.oauth import OAuthError
+        from influencer_pipeline.accounts.store import AccountNotFound
+
+        try:
+            token = self.accounts.fresh_token(self.persona, self.platform, rejected=self.last)
+        except AccountNotFound as exc:
+            raise PublishError(f"{exc}; link it with `influencer-pipeline accounts link`", "permanent") from None
+        except OAuthError as exc:
+            raise PublishError(str(exc), "transient" if exc.transient else "auth") from None
+        self.last = token
+        return token
 
 
-def row(**fields: str | None) -> dict[str, str]:
-    return {c: fields.get(c) or "" for c in ROW_COLUMNS}
+ROW_COLUMNS = ("time", "post", "platform", "account", "state", "next_attempt", "remote_id", "permalink", "error")
 
 
 class PublishedPostsConfig(dg.Config):
-    only_due: bool = Field(True, description="Publish only posts whose time has come (false: all of the day now).")
+    only_due: bool = Field(
+        True,
+        description="true: publish the day's scheduled posts whose time has come. false: 'publish now' for every "
+        "post of the day that has not started (drafts and late posts included): an explicit operator decision.",
+    )
 
 
 def media_for(store: MediaStore, slug: str, day: str, work: Path):
@@ -76,71 +122,161 @@ def media_for(store: MediaStore, slug: str, day: str, work: Path):
     return resolve
 
 
-@dg.asset(partitions_def=calendar, group_name="publishing", deps=[post_videos], kinds={"python", "api"})
+def content_version(instance: dg.DagsterInstance, slug: str, day: str, plan: ContentPlan) -> str:
+    """Names the rendered content of a day: the post_videos materialization that made it (or the plan itself)."""
+    partition = dg.MultiPartitionKey({"date": day, "persona": slug})
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=post_videos.key, asset_partitions=[partition]), limit=1
+    ).records
+    if records:
+        return f"videos:{records[0].storage_id}"
+    return "plan:" + hashlib.sha256(plan.model_dump_json().encode()).hexdigest()[:32]
+
+
+def register(ledger: Ledger, store: MediaStore, slug: str, day: str, plan: ContentPlan, version: str, now: datetime):
+    """Record a rendered day in the ledger under the persona's approval policy (idempotent per version)."""
+    approval = load_persona(store, slug).approval
+    entries = [review.PlanEntry(p.id, platform, p.publish_at) for p in plan.posts for platform in p.platforms]
+    return review.register_day(ledger, slug, day, entries, approval=approval, content_version=version, now=now)
+
+
+@dg.asset(
+    partitions_def=calendar,
+    group_name="publishing",
+    deps=[post_videos],
+    kinds={"python", "api"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            CHECK_NAME,
+            asset="published_posts",
+            blocking=True,
+            description="Fails when a post of the day is more than the grace period past its time and not published.",
+        )
+    ],
+)
 def published_posts(
     context: dg.AssetExecutionContext,
     config: PublishedPostsConfig,
     media: MediaStoreResource,
     publishing: PublishingResource,
 ) -> dg.MaterializeResult:
-    """What went out where: per post and account, the ledger state, platform id and permalink.
+    """What went out where, per post and platform: review state or ledger state, platform id and permalink.
 
-    Every (post, account) runs the ledger's state machine: a retry, a second run or a crash never posts twice.
+    Publishes the day's due posts (scheduled and their time come, or retries due); every (post, account) runs the
+    ledger's state machine, so a retry, a second run or a crash never posts twice.
     """
     day, slug = day_and_persona(context)
     store = media.get_store()
     work = Path(publishing.work_dir) / slug / "publish" / day
     worker = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{context.run_id[:8]}"
+    policy = RetryPolicy()
+    ledger = publishing.ledger()
+    now = CLOCK()
+    safety_score = 0.0
     with user_errors_are_final():
         plan = read_plan(store, slug, day)
-        ledger = publishing.ledger()
-        now = datetime.now(UTC) if config.only_due else None
-        safety = scan(day_media(store, slug, day, work))
-        context.log.info(safety.summary())
-        if not safety.passed:
-            raise dg.Failure(description=safety.summary(), allow_retries=False)
-        platforms = sorted({p for post in plan.posts for p in post.platforms})
-        setups = {p: publishing.publisher_and_token(p, slug, store) for p in platforms}
-        prepared = prepare_posts(
-            plan, lambda p: setups[p][2], media_for(store, slug, day, work), work / "preflight", now
-        )
-        rows = []
-        for item in prepared:
-            publisher, token, account = setups[item.platform]
-            context.log.info(item.report.summary())
-            if item.request is None:
-                problems = "; ".join(item.report.problems)
-                rows.append(
-                    row(post=item.post_id, platform=item.platform, account=account, state="blocked", error=problems)
-                )
-                continue
-            view = publish_once(ledger, publisher, item.request, token, worker, notify=context.log.warning)
-            context.log.info(f"{item.post_id} -> {item.platform}: {view.state}")
-            rows.append(
-                row(
-                    post=view.post_id,
-                    platform=item.platform,
-                    account=account,
-                    state=view.state,
-                    remote_id=view.remote_id,
-                    permalink=view.permalink,
-                    error=view.last_error,
-                    preflight_changes="; ".join(item.report.changes),
-                )
-            )
-    states = [r["state"] for r in rows]
-    return dg.MaterializeResult(
-        metadata={
-            "posts": table(rows, [(c, "string") for c in ROW_COLUMNS]),
-            "brand_safety_max_score": dg.MetadataValue.float(max((f.max_score for f in safety.files), default=0.0)),
-            "published": states.count("published"),
-            "failed": states.count("failed"),
-            "unconfirmed": states.count("unconfirmed"),
-            "blocked": states.count("blocked"),
-            "pending": len([s for s in states if s not in (*FINAL_STATES, "blocked")]),
-            "mode": publishing.mode,
+        register(ledger, store, slug, day, plan, content_version(context.instance, slug, day, plan), now)
+        if not config.only_due:
+            for row in review.day_posts(ledger, slug, day):
+                if row.status in review.BEFORE_ATTEMPT and row.attempt_id is None:
+                    review.publish_now(ledger, row.key, reviewer=f"run {context.run_id[:8]}", now=now)
+        lease_until = now + timedelta(seconds=policy.lease_s)
+        picked = [
+            item.key
+            for item in due_posts(ledger, now, persona=slug, day=day)
+            if review.pick(ledger, item.key, worker=worker, now=now, lease_until=lease_until)
+        ]
+        if picked:
+            safety_score = publish_picked(context, publishing, store, ledger, plan, picked, work, worker, policy)
+    return day_result(context, ledger, slug, day, publishing, safety_score)
+
+
+def publish_picked(
+    context: dg.AssetExecutionContext,
+    publishing: PublishingResource,
+    store: MediaStore,
+    ledger: Ledger,
+    plan: ContentPlan,
+    picked: list[review.PostKey],
+    work: Path,
+    worker: str,
+    policy: RetryPolicy,
+) -> float:
+    """Brand safety over the day's media, pre-flight, then the ledger's publish for each picked (post, platform)."""
+    slug, day = picked[0].persona, plan.date.isoformat()
+    safety = scan(day_media(store, slug, day, work))
+    context.log.info(safety.summary())
+    if not safety.passed:
+        for key in picked:
+            review.block(ledger, key, [safety.summary()], worker=worker, now=CLOCK())
+        raise dg.Failure(description=safety.summary(), allow_retries=False)
+    setups = {key.platform: publishing.publisher_and_token(key.platform, slug, store) for key in picked}
+    only = {(key.post_id, key.platform) for key in picked}
+    prepared = prepare_posts(plan, lambda p: setups[p][2], media_for(store, slug, day, work), work / "preflight", only)
+    for item in prepared:
+        key = review.PostKey(slug, item.post_id, item.platform)
+        context.log.info(item.report.summary())
+        if item.request is None:
+            review.block(ledger, key, item.report.problems, worker=worker, now=CLOCK())
+            continue
+        publisher, tokens, _ = setups[item.platform]
+        view = publish_once(
+            ledger, publisher, item.request, tokens(), worker, now=CLOCK, sleep=SLEEP, policy=policy,
+            notify=lambda v: context.log.warning(f"{v.post_id} -> {v.platform}: {v.state}: {v.last_error}"),
+        )  # fmt: skip
+        review.settle(ledger, key, view, worker=worker, now=CLOCK())
+        context.log.info(f"{item.post_id} -> {item.platform}: {view.state}")
+    return max((f.max_score for f in safety.files), default=0.0)
+
+
+def day_result(
+    context: dg.AssetExecutionContext,
+    ledger: Ledger,
+    slug: str,
+    day: str,
+    publishing: PublishingResource,
+    safety_score: float,
+) -> dg.MaterializeResult:
+    """Per-day metadata (numeric counts, which Dagster plots, and the table) and the on-time check."""
+    now = CLOCK()
+    statuses = day_statuses(ledger, slug, day)
+    rows = [
+        {
+            "time": s.publish_at.strftime("%Y-%m-%d %H:%M UTC"),
+            "post": s.post_id,
+            "platform": s.platform,
+            "account": s.account_id,
+            "state": s.state,
+            "next_attempt": s.next_attempt_at.strftime("%Y-%m-%d %H:%M UTC") if s.next_attempt_at else "",
+            "remote_id": s.remote_id,
+            "permalink": s.permalink,
+            "error": s.last_error,
         }
+        for s in statuses
+    ]
+    counts = Counter(s.state for s in statuses)
+    grace = timedelta(minutes=publishing.grace_minutes)
+    late = [s for s in overdue_posts(ledger, now, grace) if (s.persona, s.day) == (slug, day)]
+    next_attempts = [s.next_attempt_at for s in statuses if s.next_attempt_at is not None]
+    metadata: dict[str, object] = {
+        "posts": table(rows, [(c, "string") for c in ROW_COLUMNS]),
+        **{state: counts.get(state, 0) for state in ("published", "pending", "failed", "unconfirmed", "blocked")},
+        **{state: counts.get(state, 0) for state in ("draft", "held", "approved", "scheduled")},
+        "next_attempt": min(next_attempts).strftime("%Y-%m-%d %H:%M UTC") if next_attempts else "",
+        "brand_safety_max_score": dg.MetadataValue.float(safety_score),
+        "mode": publishing.mode,
+    }
+    lines = [describe(s) for s in late]
+    check = dg.AssetCheckResult(
+        check_name=CHECK_NAME,
+        passed=not late,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=(f"{len(late)} post(s) more than {publishing.grace_minutes:g} min late: " + "; ".join(lines))
+        if late
+        else f"every post of {day} that is due is published or within {publishing.grace_minutes:g} min of its time",
+        metadata={"late": len(late), "late_posts": dg.MetadataValue.text("\n".join(lines))},
     )
+    return dg.MaterializeResult(metadata=metadata, check_results=[check])
 
 
 publish_job = dg.define_asset_job(
@@ -150,48 +286,44 @@ publish_job = dg.define_asset_job(
 )
 
 
-def pending_posts(plan, ledger: Ledger, now: datetime) -> list[str]:
-    """(post, platform) pairs that are due and not final in the ledger, with their attempt counts."""
-    pending = []
-    for post in plan.posts:
-        if post.publish_at > now:
-            continue
-        views = {v.platform: v for v in ledger.attempts(post_id=post.id)}
-        for platform in post.platforms:
-            view = views.get(platform)
-            if view is None:
-                pending.append(f"{post.id}/{platform}/0")
-            elif view.state not in FINAL_STATES and (view.next_attempt_at is None or view.next_attempt_at <= now):
-                pending.append(f"{post.id}/{platform}/{view.attempts}")
-    return pending
-
-
 @dg.sensor(
     job=publish_job,
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Publishes each planned post at its time, once; re-surfaces failed attempts when their retry is due.",
+    description="Registers rendered days for review, then requests a run per persona and day with due posts "
+    "(any day, retries and crash recovery included); run keys change whenever an attempt is released.",
 )
 def due_posts_sensor(context: dg.SensorEvaluationContext, media: MediaStoreResource, publishing: PublishingResource):
-    now = datetime.now(UTC)
-    store = media.get_store()
+    now = CLOCK()
     ledger = publishing.ledger()
-    requests = []
-    for slug in sorted(context.instance.get_dynamic_partitions("personas")):
-        for day in sorted({(now - timedelta(days=1)).date().isoformat(), now.date().isoformat()}):
-            partition = dg.MultiPartitionKey({"date": day, "persona": slug})
-            if not videos_ready(context.instance, partition):
-                continue
-            pending = pending_posts(read_plan(store, slug, day), ledger, now)
-            if pending:
-                digest = hashlib.sha256("|".join(pending).encode()).hexdigest()[:16]
-                requests.append(dg.RunRequest(run_key=f"publish:{day}:{slug}:{digest}", partition_key=partition))
-    return requests or dg.SkipReason("no post is due")
+    cursor = register_new_days(context, media.get_store(), ledger, now)
+    requests = [
+        dg.RunRequest(
+            run_key=run.run_key, partition_key=dg.MultiPartitionKey({"date": run.day, "persona": run.persona})
+        )
+        for run in due_runs(ledger, now)
+    ]
+    if not requests:
+        return dg.SensorResult(skip_reason=dg.SkipReason("no post is due"), cursor=cursor)
+    return dg.SensorResult(run_requests=requests, cursor=cursor)
 
 
-def videos_ready(instance: dg.DagsterInstance, partition: str) -> bool:
-    """A day is publishable once post_videos (the last content step) has materialised for it."""
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=post_videos.key, asset_partitions=[partition]), limit=1
-    )
-    return bool(records.records)
+def register_new_days(context: dg.SensorEvaluationContext, store: MediaStore, ledger: Ledger, now: datetime) -> str:
+    """Register the days whose post_videos materialised since the cursor: new work only, never the history."""
+    after = int(context.cursor) if context.cursor else None
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=post_videos.key, after_storage_id=after), limit=REGISTER_BATCH, ascending=True
+    ).records
+    for record in records:
+        after = record.storage_id
+        key = record.partition_key
+        if key is None:
+            continue
+        keys = calendar.get_partition_key_from_str(key).keys_by_dimension
+        day, slug = keys["date"], keys["persona"]
+        try:
+            plan = read_plan(store, slug, day)
+            register(ledger, store, slug, day, plan, f"videos:{record.storage_id}", now)
+        except InputError as exc:
+            context.log.warning(f"{day}|{slug} is not registered for publishing: {exc}")
+    return str(after) if after is not None else (context.cursor or "")

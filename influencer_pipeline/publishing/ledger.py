@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
+import threading
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -160,8 +163,47 @@ class Transition(Base):
     detail: Mapped[str] = mapped_column(Text)
 
 
+class Planned(Base):
+    """One planned (persona, post, platform): its review status, its time, and the attempt that publishes it.
+
+    `status` is the post's life: `draft` (waits for approval), `held`, `approved` (approved after its time had
+    passed: waits for "publish now"), `scheduled` (goes out by itself at `publish_at`, retries included),
+    `blocked` (pre-flight refused this content: `verdict` says why), then `published` or `failed` (its attempt
+    ended failed or unconfirmed: a person decides). Only `scheduled` rows are read by the due-posts selection, so
+    its cost follows the due work, not the history. `content_version` names the rendered content the row was
+    registered with; a blocked verdict holds for that version only. The rules live in `publishing/review.py`.
+    """
+
+    __tablename__ = "planned_posts"
+    __table_args__ = (
+        UniqueConstraint("persona", "post_id", "platform", name="uq_planned_posts_persona_post_platform"),
+        Index("ix_planned_posts_status_publish_at", "status", "publish_at"),
+        Index("ix_planned_posts_persona_day", "persona", "day"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    persona: Mapped[str] = mapped_column(String(100))
+    day: Mapped[str] = mapped_column(String(10))
+    post_id: Mapped[str] = mapped_column(String(200))
+    platform: Mapped[str] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(20))
+    publish_at: Mapped[datetime]
+    planned_at: Mapped[datetime]
+    rescheduled: Mapped[bool] = mapped_column(Boolean)
+    approved_at: Mapped[datetime | None]
+    reviewer: Mapped[str | None] = mapped_column(String(200))
+    content_version: Mapped[str] = mapped_column(String(64))
+    verdict: Mapped[str | None] = mapped_column(Text)
+    attempt_id: Mapped[int | None] = mapped_column(ForeignKey("post_attempts.id"))
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_until: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
 ATTEMPTS = Attempt.__table__
 TRANSITIONS = Transition.__table__
+PLANNED = Planned.__table__
 
 
 class AttemptKey(NamedTuple):
@@ -485,6 +527,34 @@ class Ledger:
         return AttemptView.from_row(row)
 
 
+_SHARED: dict[tuple[int, str], Ledger] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_ledger(url: str) -> Ledger:
+    """This process's one `Ledger` for `url`, its schema brought up to date on first use only.
+
+    Sensor ticks and runs call this on every evaluation: a new engine (a new connection pool) and an alembic
+    upgrade each time would make every tick pay for the ledger's setup. The key includes the process id, so a
+    forked child never shares its parent's pooled connections.
+    """
+    key = (os.getpid(), url)
+    with _SHARED_LOCK:
+        ledger = _SHARED.get(key)
+        if ledger is None:
+            ledger = Ledger(url)
+            ledger.upgrade()
+            _SHARED[key] = ledger
+    return ledger
+
+
+def default_url(work_dir: str | Path) -> str:
+    """The embedded ledger: SQLite in the work folder (production sets `POST_LEDGER_URL`)."""
+    path = Path(work_dir).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path / 'post_ledger.db'}"
+
+
 def _match(key: AttemptKey) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
     return ATTEMPTS.c.post_id == key.post_id, ATTEMPTS.c.account_id == key.account_id
 
@@ -519,3 +589,16 @@ def _record(
             attempt_id=attempt_id, from_state=from_state, to_state=to_state, at=now, worker=worker, detail=detail
         )
     )
+
+
+def main() -> int:
+    """`python -m influencer_pipeline.publishing.ledger`: migrate the ledger at `POST_LEDGER_URL` (or the embedded
+    one under `WORK_DIR`) before the daemon starts, as `make dev` / `make demo` do."""
+    url = os.environ.get("POST_LEDGER_URL") or default_url(os.environ.get("WORK_DIR", "work"))
+    Ledger(url).upgrade()
+    print(f"post ledger schema is up to date ({url.split('@')[-1]})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -96,6 +96,8 @@ def due_attempts(ledger: Ledger, now: datetime) -> list[AttemptView]:
     """Attempts to (re)try now: queued and due, or abandoned by a crashed worker before any commit.
 
     Never `publishing` (see `stalled_attempts`) nor a terminal state, so a sweep cannot re-publish anything.
+    An attempt-level view for operators and tests: the due-posts sensor uses `publishing.due.due_posts`, which
+    covers these, the stalled ones and planned posts without an attempt, per persona, in one query.
     """
     return ledger.waiting(now, RESUMABLE)
 

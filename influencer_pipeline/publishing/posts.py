@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 from influencer_pipeline.content.plan import ContentPlan, PlannedPost
+from influencer_pipeline.errors import InputError
 from influencer_pipeline.publishing.base import PostMedia, PublishRequest
 from influencer_pipeline.publishing.preflight import PreflightReport, preflight
 
@@ -28,25 +28,34 @@ def prepare_posts(
     account_for: Callable[[str], str],
     media_for: Callable[[PlannedPost, str], list[Path]],
     work_dir: Path,
-    only_due_at: datetime | None = None,
+    only: Collection[tuple[str, str]] | None = None,
 ) -> list[Prepared]:
-    """Pre-flight every post and platform of the plan (only posts due at `only_due_at` when given).
+    """Pre-flight every post and platform of the plan (only the (post id, platform) pairs in `only` when given).
 
     `account_for(platform)` names the account; `media_for(post, platform)` gives local files in posting order.
-    Fixed copies go to `work_dir`; the originals are never changed.
+    Fixed copies go to `work_dir`; the originals are never changed. Media that cannot be found is a problem of
+    that (post, platform) alone, reported like any other pre-flight problem.
     """
     out = []
     for post in plan.posts:
-        if only_due_at is not None and post.publish_at > only_due_at:
-            continue
         for platform in post.platforms:
+            if only is not None and (post.id, platform) not in only:
+                continue
+            try:
+                media = media_for(post, platform)
+            except InputError as exc:
+                caption = post.captions[platform]
+                report = PreflightReport(platform, post.format, [], caption, list(post.hashtags), post.title)
+                report.problems.append(str(exc))
+                out.append(Prepared(post.id, platform, None, report))
+                continue
             report = preflight(
                 platform,
                 post.format,
                 post.captions[platform],
                 list(post.hashtags),
                 post.title,
-                media_for(post, platform),
+                media,
                 work_dir / post.id / platform,
             )
             request = publish_request(post, platform, account_for(platform), report) if report.ok else None

@@ -1,62 +1,113 @@
-"""What the due-posts sensor asks for: due posts that are not final, and failed attempts again once their retry
-time comes (the run key changes with the attempt count, so a retry is a new run, never a repeated one)."""
+"""The due-posts sensor as Dagster evaluates it (a real instance, `build_sensor_context`), on a fake clock.
+
+It registers days whose post_videos materialised (no plan is read on an ordinary tick), honours the persona's
+approval policy, asks for posts of any earlier day, and opens the ledger once per process, not once per tick.
+"""
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
+
+import dagster as dg
+import pytest
 
 from influencer_pipeline.content.plan import ContentPlan, PlannedPost
-from influencer_pipeline.defs.publishing import pending_posts
+from influencer_pipeline.defs import publishing as defs
+from influencer_pipeline.defs.content import post_videos
+from influencer_pipeline.defs.publishing import PublishingResource, due_posts_sensor
+from influencer_pipeline.defs.resources import LocalMediaStoreResource
+from influencer_pipeline.media import LocalMediaStore
+from influencer_pipeline.publishing import review
 from influencer_pipeline.publishing.ledger import Ledger
-from influencer_pipeline.publishing.orchestrator import publish_once
-from tests.publishing.fake_platform import START, FakeClock, FakePlatform, rejected, transient
-from tests.publishing.test_orchestrator import make_request
+
+NOW = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 
 
-def plan_with(post_id: str, at) -> ContentPlan:
-    post = PlannedPost(
-        id=post_id,
-        theme="t",
-        format="image",
-        image_prompts=["ohwx woman"],
-        captions={"instagram": "hello"},
-        platforms=["instagram"],
-        publish_at=at,
-    )
-    return ContentPlan(persona="ava", date=date(2026, 11, 23), posts=[post])
+class Clock:
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def __call__(self) -> datetime:
+        return self.at
 
 
-def test_due_posts_are_pending_until_final_and_failed_ones_come_back_when_due(tmp_path) -> None:
-    clock = FakeClock()
-    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
-    ledger.upgrade()
-    fake = FakePlatform(clock)
-    request = make_request("p-1", platform="instagram")
-
-    assert pending_posts(plan_with("p-1", START + timedelta(hours=1)), ledger, clock.now()) == []  # not due yet
-    plan = plan_with("p-1", START - timedelta(minutes=1))
-    assert pending_posts(plan, ledger, clock.now()) == ["p-1/instagram/0"]
-
-    fake.inject("prepare", transient())
-    view = publish_once(ledger, fake, request, lambda: "token-1", "w", now=clock.now, sleep=clock.sleep)
-    assert view.state == "queued" and view.next_attempt_at > clock.now()
-    assert pending_posts(plan, ledger, clock.now()) == []  # backing off: not asked for again yet
-    clock.advance_to(view.next_attempt_at)
-    assert pending_posts(plan, ledger, clock.now()) == [f"p-1/instagram/{view.attempts}"]  # due again: new key
-
-    published = publish_once(ledger, fake, request, lambda: "token-1", "w", now=clock.now, sleep=clock.sleep)
-    assert published.state == "published" and len(fake.live_posts("p-1")) == 1
-    assert pending_posts(plan, ledger, clock.now()) == []
+def render_day(store: LocalMediaStore, instance: dg.DagsterInstance, persona: str, day: str, hours: list[int]) -> None:
+    """What the content group leaves: a plan in the store and a post_videos materialization for the day."""
+    posts = [
+        PlannedPost(
+            id=f"{day}-{i + 1}",
+            theme="espresso",
+            format="image",
+            image_prompts=["ohwx woman"],
+            captions={"instagram": f"{persona} post {i + 1}"},
+            platforms=["instagram"],
+            publish_at=datetime.fromisoformat(day).replace(hour=hour, tzinfo=UTC),
+        )
+        for i, hour in enumerate(hours)
+    ]
+    plan = ContentPlan(persona=persona, date=date.fromisoformat(day), posts=posts)
+    store.write_bytes(f"personas/{persona}/content/{day}/plan.json", plan.model_dump_json().encode())
+    partition = dg.MultiPartitionKey({"date": day, "persona": persona})
+    instance.report_runless_asset_event(dg.AssetMaterialization(post_videos.key, partition=partition))
 
 
-def test_permanently_failed_posts_are_not_retried(tmp_path) -> None:
-    clock = FakeClock()
-    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
-    ledger.upgrade()
-    fake = FakePlatform(clock)
-    fake.inject("prepare", rejected("media type not supported"))
-    request = make_request("p-2", platform="instagram")
-    view = publish_once(ledger, fake, request, lambda: "token-1", "w", now=clock.now, sleep=clock.sleep)
-    assert view.state == "failed"
-    clock.advance(86400)
-    assert pending_posts(plan_with("p-2", START - timedelta(minutes=1)), ledger, clock.now()) == []
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    clock = Clock(NOW)
+    monkeypatch.setattr(defs, "CLOCK", clock)
+    store = LocalMediaStore(tmp_path / "media")
+    resources = {
+        "media": LocalMediaStoreResource(root=str(store.root)),
+        "publishing": PublishingResource(outbox_dir=str(tmp_path / "outbox"), work_dir=str(tmp_path / "work")),
+    }
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("personas", ["ava", "bob"])
+        yield clock, store, instance, resources
+
+
+def tick(instance: dg.DagsterInstance, resources: dict, cursor: str | None) -> dg.SensorResult:
+    with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as context:
+        result = due_posts_sensor(context)
+    assert isinstance(result, dg.SensorResult)
+    return result
+
+
+def requested(result: dg.SensorResult) -> list[str]:
+    return sorted(str(r.partition_key) for r in result.run_requests or [])
+
+
+def test_a_rendered_day_is_registered_and_requested_when_due_on_any_later_day(world) -> None:
+    clock, store, instance, resources = world
+    store.write_bytes("uploads/ava/persona.yaml", b"approval: auto\n")
+    render_day(store, instance, "ava", "2026-11-23", [9, 18])
+    first = tick(instance, resources, None)
+    assert requested(first) == [] and first.cursor
+    clock.at = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)  # the daemon was down for four days
+    later = tick(instance, resources, first.cursor)
+    assert requested(later) == ["2026-11-23|ava"]
+    assert tick(instance, resources, later.cursor).run_requests[0].run_key == later.run_requests[0].run_key
+
+
+def test_drafts_wait_for_approval_under_the_default_policy(world) -> None:
+    clock, store, instance, resources = world
+    render_day(store, instance, "bob", "2026-11-23", [9])  # no persona.yaml: approval required
+    cursor = tick(instance, resources, None).cursor
+    clock.at = NOW + timedelta(hours=4)
+    assert requested(tick(instance, resources, cursor)) == []
+    ledger = resources["publishing"].ledger()
+    [row] = review.day_posts(ledger, "bob", "2026-11-23")
+    assert row.status == "draft"
+    review.publish_now(ledger, row.key, reviewer="bob's creator", now=clock.at)
+    assert requested(tick(instance, resources, cursor)) == ["2026-11-23|bob"]
+
+
+def test_the_ledger_is_opened_and_migrated_once_not_per_tick(world, monkeypatch) -> None:
+    clock, _store, instance, resources = world
+    upgrades = []
+    real = Ledger.upgrade
+    monkeypatch.setattr(Ledger, "upgrade", lambda self: (upgrades.append(self.url), real(self))[1])
+    cursor = None
+    for minute in range(5):
+        clock.at = NOW + timedelta(minutes=minute)
+        cursor = tick(instance, resources, cursor).cursor
+    assert len(upgrades) <= 1, f"the ledger was migrated {len(upgrades)} times in 5 ticks"

@@ -64,11 +64,11 @@ def test_upgrade_is_idempotent_and_matches_the_models(ledger: Ledger) -> None:
 
     with ledger.engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
-        assert context.get_current_revision() == "0001"
+        assert context.get_current_revision() == "0002"
         differences = compare_metadata(context, Base.metadata)
         tables = set(inspect(connection).get_table_names())
     assert differences == []
-    assert tables == {"post_attempts", "transitions", VERSION_TABLE}  # not alembic_version: Dagster's
+    assert tables == {"post_attempts", "transitions", "planned_posts", VERSION_TABLE}  # not alembic_version: Dagster's
 
 
 def test_concurrent_upgrades_on_a_fresh_database(ledger_url: str) -> None:
@@ -384,3 +384,17 @@ def test_unreachable_postgres_skips_locally_but_fails_under_ci(monkeypatch: pyte
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI=true requires it"):
         require_postgres(port=closed_port)
+
+
+def test_one_ledger_per_process_and_url_migrated_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sensor ticks and runs ask for the ledger every time: the engine and the migration happen once."""
+    from influencer_pipeline.publishing import ledger as module
+
+    upgrades = []
+    real = Ledger.upgrade
+    monkeypatch.setattr(Ledger, "upgrade", lambda self: (upgrades.append(self.url), real(self))[1])
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    first = module.shared_ledger(url)
+    assert all(module.shared_ledger(url) is first for _ in range(50))
+    assert upgrades == [url]
+    assert module.shared_ledger(f"sqlite:///{tmp_path / 'other.db'}") is not first
