@@ -124,6 +124,7 @@ class Received:
     at: float
     host: str = ""
     refused: str = ""
+    version: str = ""
 
 
 @dataclass(frozen=True)
@@ -867,7 +868,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         with standin._lock:
             in_url = "access_token" in dict(parse_qsl(split.query)) or (bool(token) and token in self.path)
             refused = problem.message if problem is not None else ""
-            received = Received(method, routed.route, split.path, params, in_url, time.time(), routed.host, refused)
+            received = Received(
+                method, routed.route, split.path, params, in_url, time.time(), routed.host, refused, routed.version
+            )
             standin.requests.append(received)
             fault = standin._take_fault(routed.route) if problem is None else None
         if fault is not None and fault.action in ("error", "http", "drop_before"):

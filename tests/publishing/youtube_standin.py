@@ -42,6 +42,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -106,6 +107,7 @@ class YouTubeStandin:
         retry_after: str = "2",
     ) -> None:
         self.tokens = set(tokens)
+        self._trusted: list[Callable[[str], bool]] = []
         self.retry_after = retry_after
         self.audited = audited
         self.slow_s = slow_s
@@ -134,6 +136,13 @@ class YouTubeStandin:
             raise ValueError(f"unknown route {route!r} or actions {actions!r}")
         self._faults.extend((route, action) for action in actions)
         return self
+
+    def trust(self, check: Callable[[str], bool]) -> None:
+        """Accept every token `check` says is valid as well (an OAuth stand-in's `valid`: the tokens it issued)."""
+        self._trusted.append(check)
+
+    def valid(self, token: str) -> bool:
+        return token in self.tokens or any(check(token) for check in self._trusted)
 
     def revoke(self, token: str) -> None:
         self.tokens.discard(token)
@@ -173,7 +182,7 @@ class YouTubeStandin:
         body = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
         token = handler.headers.get("Authorization", "").removeprefix("Bearer ")
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            if token not in self.tokens:
+            if not self.valid(token):
                 self.requests.append((handler.command, "unauthorized"))
                 message = f"Request had invalid authentication credentials: {token}"
                 _send_error(handler, 401, "authError", message, status="UNAUTHENTICATED")
