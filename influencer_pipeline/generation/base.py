@@ -57,8 +57,14 @@ class GeneratedClip:
 class ImageEngine(Protocol):
     name: str
 
-    def deploy_lora(self, local_path: Path, name: str) -> str:
-        """Make a LoRA file available to the engine; returns the name to use in `LoraRef`."""
+    def deploy_lora(self, local_path: Path, name: str, group: str | None = None) -> str:
+        """Make a LoRA file available to the engine; returns the name to use in `LoraRef`. `group` (the persona)
+        lets the engine retire the group's older deployed versions."""
+        ...
+
+    def check_requests(self, requests: list[GenerationRequest]) -> None:
+        """Raise `InputError` for the first request the engine would refuse, LoRA names aside (so it can run
+        before the LoRA is deployed); touches nothing."""
         ...
 
     def generate(

@@ -99,7 +99,9 @@ class ComfyUIEngine:
     connection attempt; `max_in_flight` is how many of our prompts may wait in ComfyUI's queue at once (enough to
     hide our latency, few enough to leave room for other clients). `checkpoints_dir` is ComfyUI's
     models/checkpoints when this host can read it (default: the `checkpoints` folder beside `loras_dir`); it is
-    only used to read checkpoint headers (base-model family, SVD or not).
+    only used to read checkpoint headers (base-model family, SVD or not). A group's older deployed LoRA is removed
+    once no queued prompt uses it and it was last deployed more than `retire_after_s` ago (a run that deployed it
+    may still be about to submit prompts that use it: only `max_in_flight` of them are in ComfyUI's queue).
     """
 
     name = "comfyui"
@@ -116,6 +118,7 @@ class ComfyUIEngine:
         *,
         http_timeout_s: float = 30.0,
         checkpoints_dir: Path | None = None,
+        retire_after_s: float = 6 * 3600.0,
         poll_interval_s: float = 1.0,
         deploy_timeout_s: float = 60.0,
         submit_retries: int = 3,
@@ -125,7 +128,9 @@ class ComfyUIEngine:
         video_template: str = "svd-img2vid",
     ) -> None:
         if not re.match(r"^https?://[^/\s]+", url or ""):
-            raise InputError("COMFYUI_URL", f"{redact(url or '')!r} is not an http(s) URL", "set it like http://127.0.0.1:8188")
+            raise InputError(
+                "COMFYUI_URL", f"{redact(url or '')!r} is not an http(s) URL", "set it like http://127.0.0.1:8188"
+            )
         if max_in_flight < 1:
             raise InputError("max_in_flight", f"must be at least 1, got {max_in_flight}", "use 2-8")
         self.endpoint = url.rstrip("/")  # what requests go to
@@ -137,6 +142,7 @@ class ComfyUIEngine:
         self._video_template = (video_template, templates_dir)
         self.timeout_s = timeout_s
         self.http_timeout_s = http_timeout_s
+        self.retire_after_s = retire_after_s
         self.connect_timeout_s = connect_timeout_s
         if checkpoints_dir is None and self.loras_dir is not None:
             checkpoints_dir = self.loras_dir.parent / "checkpoints"
@@ -231,9 +237,15 @@ class ComfyUIEngine:
             ledger[file_name] = {
                 "group": group,
                 "sha256": _sha256(source),
-                "deployed_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "deployed_at": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
             }
-            older = [n for n, e in ledger.items() if group is not None and e.get("group") == group and n != file_name]
+            now = dt.datetime.now(dt.UTC)
+            older = [
+                name
+                for name, entry in ledger.items()
+                if group is not None and entry.get("group") == group and name != file_name
+                if _age_s(entry, now) >= self.retire_after_s
+            ]
             in_use: set[str] = set()
             if older:
                 try:
@@ -312,6 +324,16 @@ class ComfyUIEngine:
         choices = self._server_choices(need_loras=any(r.loras for r in requests))
         jobs = [self._prepare(index, request, choices) for index, request in enumerate(requests)]
         return self._execute(jobs, progress, should_stop)
+
+    def check_requests(self, requests: list[GenerationRequest]) -> None:
+        """Validate every request against the template and ComfyUI's samplers, schedulers and checkpoints, but not
+        its LoRA list: this runs before the LoRA is deployed, so a bad size never copies a LoRA."""
+        choices = self._server_choices(need_loras=False)
+        for index, request in enumerate(requests):
+            seed = request.seed if request.seed is not None else 0
+            build_txt2img(
+                self.template, request, seed=seed, checkpoint=self.checkpoint, choices=choices, where=_where(index)
+            )
 
     def animate(
         self,
@@ -1006,3 +1028,11 @@ def _ledger_lock(folder: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _age_s(entry: dict[str, Any], now: dt.datetime) -> float:
+    """Seconds since the ledger entry was last deployed; an unreadable stamp counts as old."""
+    try:
+        return (now - dt.datetime.fromisoformat(str(entry.get("deployed_at")))).total_seconds()
+    except ValueError:
+        return float("inf")

@@ -81,9 +81,9 @@ class EmbeddedImageEngine:
         self._pipe: Any = None
         self._scheduler_config: Any = None
 
-    def deploy_lora(self, local_path: Path, name: str) -> str:
+    def deploy_lora(self, local_path: Path, name: str, group: str | None = None) -> str:
         """Remember the file under `name`; a redeploy drops weights loaded under that name (the file may have been
-        retrained in place), so the next use reads the file again."""
+        retrained in place), so the next use reads the file again. Nothing is copied, so `group` needs no cleanup."""
         if not Path(local_path).is_file():
             raise InputError(str(local_path), "the LoRA file does not exist", "train the LoRA first or fix the path")
         if not name:
@@ -110,7 +110,12 @@ class EmbeddedImageEngine:
             progress(len(images), len(requests))
         return images
 
-    def _validate(self, request: GenerationRequest, where: str) -> None:
+    def check_requests(self, requests: list[GenerationRequest]) -> None:
+        """Every rule but "the LoRA is deployed", so sizes and settings are refused before any LoRA is copied."""
+        for index, request in enumerate(requests):
+            self._validate(request, f"generation request {index + 1}", check_loras=False)
+
+    def _validate(self, request: GenerationRequest, where: str, *, check_loras: bool = True) -> None:
         if not isinstance(request.prompt, str) or not request.prompt.strip():
             raise InputError(f"{where}: prompt", "must not be empty", "write what the image should show")
         if request.seed is not None:
@@ -124,7 +129,8 @@ class EmbeddedImageEngine:
                 raise InputError(f"{where}: {field}", f"{value} is not a multiple of 8", f"use {value // 8 * 8 or 8}")
         _check_name(request.sampler, SAMPLERS, f"{where}: sampler")
         _check_name(request.scheduler, SCHEDULES, f"{where}: scheduler")
-        self._check_loras(request.loras, where)
+        if check_loras:
+            self._check_loras(request.loras, where)
 
     def _check_loras(self, loras: tuple[LoraRef, ...], where: str) -> None:
         if len(loras) > MAX_LORAS:

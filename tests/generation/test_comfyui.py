@@ -738,7 +738,7 @@ def test_a_readable_video_checkpoint_is_judged_by_its_header(standin: ComfyStand
 
 
 def test_a_new_version_replaces_the_personas_older_deployed_files(standin: ComfyStandin, tmp_path: Path) -> None:
-    engine = make_engine(standin)
+    engine = make_engine(standin, retire_after_s=0)
     user_file = write_lora(standin.loras_dir / "ava-deadbeef.safetensors", seed=9)  # not deployed by us
     other = engine.deploy_lora(write_lora(tmp_path / "bo.safetensors", seed=3), "bo-11111111", group="bo")
     first = engine.deploy_lora(write_lora(tmp_path / "v1.safetensors", seed=1), "ava-aaaaaaaa", group="ava")
@@ -755,7 +755,7 @@ def test_a_new_version_replaces_the_personas_older_deployed_files(standin: Comfy
 def test_an_older_version_a_queued_prompt_uses_is_kept_until_a_later_deploy(
     standin: ComfyStandin, tmp_path: Path
 ) -> None:
-    engine = make_engine(standin)
+    engine = make_engine(standin, retire_after_s=0)
     first = engine.deploy_lora(write_lora(tmp_path / "v1.safetensors", seed=1), "ava-aaaaaaaa", group="ava")
     standin.hang = True
     body = {
@@ -776,3 +776,15 @@ def test_an_older_version_a_queued_prompt_uses_is_kept_until_a_later_deploy(
     third = engine.deploy_lora(write_lora(tmp_path / "v3.safetensors", seed=3), "ava-cccccccc", group="ava")
     assert sorted(engine.deployed()) == [third]
     assert not (standin.loras_dir / first).exists() and not (standin.loras_dir / second).exists()
+
+
+def test_a_recently_deployed_older_version_is_kept_for_runs_about_to_use_it(
+    standin: ComfyStandin, tmp_path: Path
+) -> None:
+    """A content run deploys a pinned version and submits its prompts a few at a time: a retraining that deploys a
+    newer version meanwhile must not pull the file from under the prompts not yet queued."""
+    engine = make_engine(standin, retire_after_s=3600)
+    first = engine.deploy_lora(write_lora(tmp_path / "v1.safetensors", seed=1), "ava-aaaaaaaa", group="ava")
+    second = engine.deploy_lora(write_lora(tmp_path / "v2.safetensors", seed=2), "ava-bbbbbbbb", group="ava")
+    assert sorted(engine.deployed()) == sorted([first, second])
+    assert (standin.loras_dir / first).exists()
