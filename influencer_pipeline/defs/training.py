@@ -203,7 +203,7 @@ def deploy_latest_lora(store: MediaStore, slug: str, image_engine: ImageEngineRe
     local = Path(image_engine.work_dir) / slug / "deploy" / f"{slug}-{record['lora_sha256'][:8]}.safetensors"
     local.parent.mkdir(parents=True, exist_ok=True)
     local.write_bytes(store.read_bytes(record["lora_key"]))
-    return engine.deploy_lora(local, local.name)
+    return engine.deploy_lora(local, local.name, group=slug)  # group: the persona's older versions are retired
 
 
 def sample_prompts(config: LoraSamplesConfig, persona: Persona) -> list[str]:
@@ -247,21 +247,26 @@ def render_samples(
     persona = load_persona(store, slug)
     prompts = sample_prompts(config, persona)
     engine = image_engine.get_engine()
-    lora_name = deploy_latest_lora(store, slug, image_engine, engine)
     size = config.size or (64 if image_engine.engine == "embedded" and image_engine.base_model == "tiny" else 512)
-    requests = [
-        GenerationRequest(
-            prompt=prompt,
-            negative_prompt=config.negative_prompt,
-            seed=config.seed + i,
-            steps=config.steps,
-            cfg=config.cfg,
-            width=size,
-            height=size,
-            loras=(LoraRef(lora_name, config.lora_strength),),
-        )
-        for i, prompt in enumerate(prompts)
-    ]
+
+    def sample_requests(lora_name: str) -> list[GenerationRequest]:
+        return [
+            GenerationRequest(
+                prompt=prompt,
+                negative_prompt=config.negative_prompt,
+                seed=config.seed + i,
+                steps=config.steps,
+                cfg=config.cfg,
+                width=size,
+                height=size,
+                loras=(LoraRef(lora_name, config.lora_strength),),
+            )
+            for i, prompt in enumerate(prompts)
+        ]
+
+    engine.check_requests(sample_requests(f"{slug}.safetensors"))  # sizes refused before any LoRA is copied
+    lora_name = deploy_latest_lora(store, slug, image_engine, engine)
+    requests = sample_requests(lora_name)
     context.log.info(f"rendering {len(requests)} samples with {engine.name} at {size}x{size}")
     images = engine.generate(requests, progress=lambda done, total: context.log.info(f"sample {done}/{total}"))
 
