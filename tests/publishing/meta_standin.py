@@ -255,7 +255,7 @@ class MetaStandin:
         self,
         *,
         ig_user_id: str = "17841400000000001",
-        ig_login: str = FACEBOOK_LOGIN,
+        ig_login: str = INSTAGRAM_LOGIN,  # as production links Instagram by default
         page_id: str = "100000000000001",
         quota_total: int = 50,
         video_chunk_bytes: int = 64 * 1024,
