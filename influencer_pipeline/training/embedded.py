@@ -513,10 +513,28 @@ def _kohya_metadata(preset: Any, resolution: int, pipe: Any) -> dict[str, str]:
         "ss_resolution": f"({resolution}, {resolution})",
         "ss_learning_rate": str(preset.learning_rate),
         "ss_seed": str(preset.seed),
-        "ss_base_model_version": "sdxl_base_v1-0" if hasattr(pipe, "text_encoder_2") else "sd_v1",
+        "ss_base_model_version": base_model_version(preset.base_model, pipe),
         "ss_sd_model_name": str(preset.base_model),
         "ss_training_comment": "influencer-pipeline embedded trainer (diffusers + peft, UNet-only)",
     }
+
+
+def base_model_version(base_model: str, pipe: Any) -> str:
+    """sd-scripts' `ss_base_model_version` for what the LoRA was really trained on, from the UNet's cross-attention
+    width (768 SD1.x, 1024 SD2.x, 2048 SDXL). The tiny test models match none of them (32 and 64 wide) and say so:
+    claiming `sd_v1` would make tools, and people, load their LoRA on a real SD1.5 checkpoint."""
+    width = int(pipe.unet.config.cross_attention_dim)
+    sdxl = hasattr(pipe, "text_encoder_2")
+    if base_model in TINY_MODELS:
+        return f"influencer_{base_model.replace('-', '_')} (test model, cross-attention width {width}; no real base)"
+    if sdxl and width == 2048:
+        return "sdxl_base_v1-0"
+    if width == 768:
+        return "sd_v1"
+    if width == 1024:
+        v_prediction = getattr(pipe.scheduler.config, "prediction_type", "epsilon") == "v_prediction"
+        return "sd_v2_768_v" if v_prediction else "sd_v2_512"
+    return f"unknown (cross-attention width {width})"
 
 
 def kohya_state_dict(peft_state: dict[str, torch.Tensor], network_alpha: float) -> dict[str, torch.Tensor]:
