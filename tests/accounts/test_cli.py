@@ -128,3 +128,20 @@ def test_bad_persona_is_a_usage_error(env: str, capsys: pytest.CaptureFixture[st
         main(["accounts", "unlink", "youtube", "--persona", "Ava Rossi"])
     assert caught.value.code == 2
     assert "not a valid persona key" in capsys.readouterr().err
+
+
+def test_list_names_the_login_when_it_is_not_the_platforms_default(env: str, capsys) -> None:
+    store = seed(env)
+    identity = Identity("17841400000000001", "ava.virtual", ("instagram_basic",))
+    store.save_link(
+        "ava", "instagram", identity, TokenSet(Secret(ACCESS), None, None, None), datetime.now(UTC), "facebook"
+    )
+    assert main(["accounts", "list"]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert rows[0].startswith("instagram (facebook login)  ava") and rows[1].startswith("youtube ")
+
+
+def test_link_refuses_a_login_the_platform_does_not_have(env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["accounts", "link", "youtube", "--persona", "ava", "--login", "facebook"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --login: youtube cannot be linked with 'facebook'") and "google" in err
