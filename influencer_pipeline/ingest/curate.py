@@ -120,15 +120,15 @@ def curate(
     keys = _upload_keys(store, persona)
     records = [_refused_record(entry.key, entry.reason) for entry in store.refused(uploads_prefix(persona))]
     thumbs: dict[str, Image.Image] = {}
-    for processed in _process_all(store, keys, settings):
+    for done, processed in enumerate(_process_all(store, keys, settings), start=1):
         record = processed.record
         if processed.png is not None and processed.thumb is not None:
             record.output_key = f"{dataset_prefix(persona)}{record.image_id}.png"
             _write(store, persona, record.output_key, processed.png)
             thumbs[record.source_key] = processed.thumb
         records.append(record)
-        if len(records) % PROGRESS_EVERY == 0:
-            progress(f"{persona}: curated {len(records)}/{len(keys)} uploads")
+        if done % PROGRESS_EVERY == 0:
+            progress(f"{persona}: curated {done}/{len(keys)} uploads")
     records.sort(key=lambda r: r.source_key)
     _reject_duplicates(records, settings, uploads_prefix(persona))
     _remove_stale(store, persona, {r.image_id for r in records if r.status == "kept"})
@@ -213,8 +213,8 @@ def _upload_keys(store: MediaStore, persona: str) -> list[str]:
 
 def _refused_record(key: str, reason: str) -> ImageRecord:
     """A link or special file in the upload folder: reported with the reason, never read."""
-    fix = UnsafeMediaError(key, reason).fix
-    return ImageRecord(source_key=key, sha256="", size_bytes=0, reason=f"{reason}. Fix: {fix}")
+    err = UnsafeMediaError(key, reason)
+    return ImageRecord(source_key=key, sha256="", size_bytes=0, reason=f"{err.rule}. Fix: {err.fix}")
 
 
 def _read(store: MediaStore, key: str) -> bytes | Processed:

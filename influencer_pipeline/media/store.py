@@ -29,10 +29,13 @@ DEFAULT_MAX_FILE_BYTES = 2 * 1024**3
 SYMLINK = "symbolic link"
 NOT_REGULAR = "not a regular file"
 TOO_LARGE = "too large"
+_DETAILS = {
+    SYMLINK: "links are never followed, they can lead outside the media folder",
+    NOT_REGULAR: "pipes, sockets and devices are never read",
+}
 _FIXES = {
-    SYMLINK: "copy the file or folder itself into the media folder; links are never followed, "
-    "because they can point outside it",
-    NOT_REGULAR: "remove it: only plain files are read (never pipes, sockets or devices)",
+    SYMLINK: "copy the file or folder itself into the media folder instead of linking to it",
+    NOT_REGULAR: "remove it and upload plain files only",
     TOO_LARGE: "upload a smaller file, or raise the media store's max_file_bytes if you trust it",
 }
 _CHUNK = 1 << 20
@@ -67,8 +70,8 @@ class UnsafeMediaError(InputError):
 
     def __init__(self, where: str, reason: str, detail: str = "") -> None:
         self.reason = reason
-        rule = f"{reason} ({detail})" if detail else reason
-        super().__init__(where, rule, _FIXES.get(reason, "remove it from the media folder"))
+        detail = detail or _DETAILS.get(reason, "")
+        super().__init__(where, f"{reason}: {detail}" if detail else reason, _FIXES.get(reason, "remove it"))
 
 
 class MediaStore(Protocol):
