@@ -31,11 +31,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import requests
 
-from influencer_pipeline.redaction import redact_and_clip
+from influencer_pipeline.redaction import redact_and_clip, redact_url
 from influencer_pipeline.retry_after import retry_after_seconds
 
 SIGNATURE_HEADER = "X-Influencer-Signature"
@@ -189,15 +188,6 @@ def signed_headers(body: bytes, secret: str | None, timestamp: int) -> dict[str,
         headers[TIMESTAMP_HEADER] = str(timestamp)
         headers[SIGNATURE_HEADER] = sign(body, secret, timestamp)
     return headers
-
-
-def redact_url(url: str) -> str:
-    """A name for a webhook that is safe to log: scheme, host and port (no user:password), and a fingerprint of the
-    whole URL so two webhooks on one host can be told apart."""
-    parts = urlsplit(url)
-    host = parts.netloc.rsplit("@", 1)[-1] or "?"
-    fingerprint = hashlib.sha256(url.encode()).hexdigest()[:8]
-    return f"{parts.scheme}://{host}/… (#{fingerprint})"
 
 
 def retryable(status: int) -> bool:

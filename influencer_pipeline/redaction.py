@@ -15,11 +15,13 @@ What is replaced by ``***``:
   query or form parameters and JSON fields named like credentials (``access_token=``, ``"api_key": "..."``), and
   well-known key formats (``sk-...`` API keys, Meta ``EAA...`` tokens, AWS ``AKIA...`` access key ids).
 
-Plain Python, no Dagster import: domain modules use it.
+`redact_url` names a URL that is itself the credential (a webhook) without showing any of it. `Secret` holds a
+key or token so that no repr can show it. Plain Python, no Dagster import: domain modules use it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from urllib.parse import quote, quote_plus, unquote, urlsplit
@@ -105,6 +107,15 @@ def url_password(url: str) -> str:
     except ValueError:
         return ""
     return unquote(password) if password else ""
+
+
+def redact_url(url: str) -> str:
+    """A name for a webhook that is safe to log: scheme, host and port (no user:password), and a fingerprint of the
+    whole URL so two webhooks on one host can be told apart."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1] or "?"
+    fingerprint = hashlib.sha256(url.encode()).hexdigest()[:8]
+    return f"{parts.scheme}://{host}/… (#{fingerprint})"
 
 
 def clip(text: str, limit: int) -> str:

@@ -62,6 +62,7 @@ from influencer_pipeline.accounts.store import (
     TokenSet,
 )
 from influencer_pipeline.errors import InputError
+from influencer_pipeline.redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,6 @@ SENSITIVE_PARAMS = (
     "token",
 )
 CONFIG_ERRORS = {"invalid_client", "unauthorized_client", "unsupported_grant_type", "invalid_scope"}
-_SENSITIVE_QUERY = re.compile(r"(?<![\w])((?:" + "|".join(SENSITIVE_PARAMS) + r")=)[^&\s\"']+")
 
 
 def utcnow() -> datetime:
@@ -88,10 +88,7 @@ def utcnow() -> datetime:
 
 def scrub(text: str, hidden: Iterable[str] = ()) -> str:
     """`text` safe to show: the given secret values, and any `access_token=...`-style values, replaced by ***."""
-    for value in hidden:
-        if value:
-            text = text.replace(value, "***")
-    return _SENSITIVE_QUERY.sub(r"\1***", text)
+    return redact(text, *hidden)
 
 
 class _RedactQueryStrings(logging.Filter):

@@ -51,6 +51,7 @@ from sqlalchemy.exc import DBAPIError
 
 from influencer_pipeline.accounts.providers import default_login
 from influencer_pipeline.errors import InputError
+from influencer_pipeline.redaction import Secret  # the project's one secret holder; re-exported
 
 KEYS_ENV = "INFLUENCER_TOKEN_KEYS"
 DB_ENV = "INFLUENCER_ACCOUNTS_DB"
@@ -58,23 +59,6 @@ GENERATE_KEY = 'python -c "from cryptography.fernet import Fernet; print(Fernet.
 
 HEALTH_OK = "ok"
 HEALTH_RECONNECT = "needs_reconnect"
-
-
-class Secret:
-    """A token or client secret that no repr, str, f-string or log line can show; `reveal()` is the only way out."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
 
 
 class TokenKeyError(InputError):
