@@ -24,7 +24,7 @@ from influencer_pipeline.media.keys import dataset_prefix, lora_manifest_key, lo
 from influencer_pipeline.media.store import MediaStore
 from influencer_pipeline.media.transfer import download_prefix, fingerprint_files
 from influencer_pipeline.personas import Persona, load_persona
-from influencer_pipeline.training.base import TrainingProgress, TrainingRequest
+from influencer_pipeline.training.base import TrainingError, TrainingProgress, TrainingRequest
 from influencer_pipeline.training.loss_curve import render_loss_curve
 from influencer_pipeline.training.presets import LoraPreset, load_preset
 
@@ -93,13 +93,14 @@ def choose_preset(config: LoraTrainingConfig, persona: Persona, trainer: Trainer
 
 
 def progress_logger(
-    log: Callable[[str], None], interval_s: float = LOG_INTERVAL_S
+    log: Callable[[str], None], interval_s: float = LOG_INTERVAL_S, clock: Callable[[], float] = time.monotonic
 ) -> Callable[[TrainingProgress], None]:
-    """Training reports every step; the run log gets a line per epoch and at most one per `interval_s` between."""
-    last = {"time": 0.0, "epoch": -1}
+    """Training reports every step; the run log gets a line per epoch and at most one per `interval_s` between
+    (events, which carry a `message`, always get theirs)."""
+    last = {"time": -float("inf"), "epoch": -1}
 
     def report(p: TrainingProgress) -> None:
-        now = time.monotonic()
+        now = clock()
         if p.message or p.epoch != last["epoch"] or now - last["time"] >= interval_s or p.step == p.total_steps:
             loss = f", loss {p.loss:.4f}" if p.loss is not None else ""
             log(f"step {p.step}/{p.total_steps}, epoch {p.epoch}/{p.total_epochs}{loss} {p.message}".rstrip())
@@ -154,7 +155,13 @@ def train_lora(
         resume=config.resume,
         time_limit_s=config.time_limit_s,
     )
-    result = engine.train(request, progress=progress_logger(context.log.info))
+    try:
+        result = engine.train(request, progress=progress_logger(context.log.info))
+    except TrainingError as err:
+        if err.retryable:  # killed from outside (out-of-memory killer, preemption): a retry resumes
+            raise
+        # a Python exception in the trainer, a time limit or a termination recurs: fail now, not after the retries
+        raise dg.Failure(description=str(err), allow_retries=False) from err
 
     prefix = lora_prefix(slug)
     lora_key = f"{prefix}{slug}.safetensors"

@@ -51,8 +51,21 @@ class TrainingResult:
     resumed_from: str | None = None
 
 
-class TrainingCancelled(RuntimeError):
+class TrainingError(RuntimeError):
+    """A training run failed. `retryable` says whether running the same attempt again can succeed.
+
+    A process killed from outside (the kernel's out-of-memory killer, a preempted node) may well finish next time,
+    resuming from its last saved epoch; a Python exception in the trainer, a time limit or a termination recurs,
+    so retrying it only delays the failure.
+    """
+
+    retryable: bool = False
+
+
+class TrainingCancelled(TrainingError):
     """The run was terminated or hit its time limit; the trainer stopped its processes before raising."""
+
+    retryable = False
 
 
 class Trainer(Protocol):

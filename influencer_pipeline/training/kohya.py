@@ -6,6 +6,10 @@ it streams (tqdm redraws its bar with `\\r`, so lines are split on `\\r` as well
 bounded rate, notices epoch checkpoints as they land, and resumes from the newest `<name>-NNNNNN-state/` folder
 when a crashed attempt is retried. A terminated or overdue run has its whole process tree stopped (accelerate,
 the training process, data-loader workers) so no orphan keeps the GPU.
+
+The flags, TOML keys and output this module relies on were recorded from the real sd-scripts
+(https://github.com/kohya-ss/sd-scripts, commit 48d368f) into tests/training/recordings/, and the tests hold the
+module to them.
 """
 
 from __future__ import annotations
@@ -29,12 +33,28 @@ from typing import Any, BinaryIO
 import psutil
 
 from influencer_pipeline.errors import InputError
-from influencer_pipeline.training.base import TrainingCancelled, TrainingProgress, TrainingRequest, TrainingResult
+from influencer_pipeline.training.base import (
+    TrainingCancelled,
+    TrainingError,
+    TrainingProgress,
+    TrainingRequest,
+    TrainingResult,
+)
 from influencer_pipeline.training.presets import LoraPreset
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 TAIL_LINES = 20  # shown in error messages
-HINT_LINES = 200  # searched for a known cause: a long traceback can push the cause out of the tail
+KEPT_LINES = 200  # enough to hold the trainer's traceback and accelerate's after it
+# CLIP tokenizers sd-scripts loads by Hugging Face id (library/strategy_sd.py, strategy_sdxl.py); with
+# `--tokenizer_cache_dir DIR` it first looks in DIR/<id with "/" replaced by "_">.
+TOKENIZERS = {
+    "sd15": ("openai/clip-vit-large-patch14",),
+    "sdxl": ("openai/clip-vit-large-patch14", "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"),
+}
+TOKENIZER_FILES = ("vocab.json", "merges.txt")  # what CLIPTokenizer.from_pretrained needs from a folder
+# sd-scripts' argparse defaults, which it asserts `resolution` lies between when buckets are on (train_util.py
+# `adjust_min_max_bucket_reso_by_steps`), even with `bucket_no_upscale`, which otherwise ignores them.
+DEFAULT_MIN_BUCKET_RESO, DEFAULT_MAX_BUCKET_RESO = 256, 1024
 SD_SCRIPTS_FIX = (
     "set KOHYA_SD_SCRIPTS to a kohya-ss/sd-scripts checkout (git clone https://github.com/kohya-ss/sd-scripts)"
 )
@@ -44,16 +64,54 @@ LOSS_RE = re.compile(r"avr_loss=([-+0-9.eE]+|nan|inf)")
 EPOCH_RE = re.compile(r"^\s*epoch (\d+)/(\d+)\s*$")
 TOTAL_STEPS_RE = re.compile(r"total optimization steps\b.*?[:=]\s*(\d+)")
 
-# (pattern in the output, what the user should do): first match wins, so specific causes come first.
+# Lines that appear in healthy runs and say nothing about a failure: left out of hints and error tails.
+HARMLESS: tuple[re.Pattern[str], ...] = (
+    # bitsandbytes >= 0.49 on a CPU box: an optional package for its CPU 4-bit kernels (AdamW8bit still works)
+    re.compile(r"from kernels-community: No module named 'kernels'"),
+    re.compile(r"^(?:Using|Loading) .*(?:cache|settings)|^\s*$"),
+)
+TRACEBACK = "Traceback (most recent call last):"
+ACCELERATE_FRAME = re.compile(r"accelerate/commands/(?:launch|accelerate_cli)\.py")
+# accelerate's own last line when the training process ended: `... returned non-zero exit status N.` after a
+# Python exit, `... died with <Signals.SIGKILL: 9>.` when a signal killed it (Python's CalledProcessError text).
+LAUNCHER_LINE = re.compile(r"CalledProcessError: Command .* (?:returned non-zero exit status -?\d+|died with <[^>]*>)")
+# Killed from outside: may well pass on a retry, which resumes from the last saved epoch.
+KILLED = re.compile(r"died with <Signals\.SIG(?:KILL|TERM|BUS)|killed by signal|^Killed$")
+
+# (pattern in the trainer's error lines, what the user should do): first match wins, so specific causes come first.
 HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
     (
         re.compile(r"out of memory|OutOfMemoryError", re.IGNORECASE),
         "the GPU ran out of memory: lower batch_size or resolution in the preset, or enable gradient_checkpointing",
     ),
     (
-        re.compile(r"bitsandbytes", re.IGNORECASE),
-        "8-bit optimizers need bitsandbytes and a CUDA GPU: install bitsandbytes in the sd-scripts environment "
-        "or override optimizer to 'AdamW'",
+        KILLED,
+        "the training process was killed from outside (SIGKILL), usually by the kernel's out-of-memory killer: "
+        "give the worker more RAM, lower batch_size or resolution, or enable cache_latents; a retry resumes from the "
+        "last saved epoch",
+    ),
+    (
+        re.compile(r"in _?load_tokenizers?\b|TokenizeStrategy|clip-vit-large-patch14|CLIP-ViT-bigG"),
+        "sd-scripts could not load the CLIP tokenizer: put it in KOHYA_TOKENIZER_CACHE_DIR (see 'Tokenizer' in "
+        "docs/SETUP.md) or in the Hugging Face cache of the training machine",
+    ),
+    (
+        re.compile(r"in get_optimizer\b"),
+        "sd-scripts could not create the preset's optimizer: use one of the preset optimizers (AdamW, AdamW8bit, ...)"
+        " or the dotted class path of an optimizer installed in the sd-scripts environment; 8-bit optimizers need "
+        "bitsandbytes there",
+    ),
+    (
+        re.compile(r"max_train_steps should be greater than initial step"),
+        "the saved state is already at the last step: retry without resume, or delete the *-state folders",
+    ),
+    (
+        re.compile(r"voluptuous|MultipleInvalid"),
+        "sd-scripts rejected dataset.toml: check the sd-scripts version (commit 48d368f is the tested one)",
+    ),
+    (
+        re.compile(r"bucket_reso must be"),
+        "sd-scripts rejected the bucket sizes for this resolution: report it, the trainer should have set them",
     ),
     (
         re.compile(r"can't open file|No such file or directory: .*train_network"),
@@ -65,43 +123,70 @@ HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
         "make sure the accelerate command belongs to that environment",
     ),
     (
-        re.compile(r"max_train_steps should be greater than initial step"),
-        "the saved state is already at the last step: retry without resume, or delete the *-state folders",
-    ),
-    (
-        re.compile(r"voluptuous|MultipleInvalid"),
-        "sd-scripts rejected dataset.toml: check the sd-scripts version (0.8 or later is expected)",
-    ),
-    (
-        re.compile(r"killed by signal|\bKilled\b"),
-        "a process was killed by the system, usually for lack of RAM: lower batch_size or give the worker more "
-        "memory; a retry resumes from the last saved epoch",
-    ),
-    (
         re.compile(r"Torch not compiled with CUDA|No CUDA GPUs|CUDA driver", re.IGNORECASE),
         "no usable CUDA GPU: run on a GPU worker or check the NVIDIA driver and the PyTorch build",
     ),
 )
 
 
-class KohyaTrainingError(RuntimeError):
-    """sd-scripts exited with an error; carries the exit code, the last output lines and a suggested fix."""
+class KohyaTrainingError(TrainingError):
+    """sd-scripts exited with an error; carries the exit code, the last output lines, a suggested fix and whether
+    a retry can help (only when the process was killed from outside)."""
 
-    def __init__(self, returncode: int, tail: Sequence[str], hint: str) -> None:
+    def __init__(self, returncode: int, tail: Sequence[str], hint: str, retryable: bool = False) -> None:
         self.returncode = returncode
         self.tail = list(tail)
         self.hint = hint
+        self.retryable = retryable
         lines = "\n".join(f"  {line}" for line in self.tail)
         super().__init__(f"kohya sd-scripts exited with code {returncode}. Fix: {hint}\nLast output lines:\n{lines}")
 
 
+def meaningful(lines: Sequence[str]) -> list[str]:
+    """The output without the lines every run prints (bitsandbytes' optional-kernel notice, blank lines)."""
+    return [line for line in lines if not any(p.search(line) for p in HARMLESS)]
+
+
+def tracebacks(lines: Sequence[str]) -> list[list[str]]:
+    """Each Python traceback in the output: its frames and its final exception line(s)."""
+    found: list[list[str]] = []
+    current: list[str] | None = None
+    for line in lines:
+        if line.startswith(TRACEBACK):
+            current = []
+            found.append(current)
+        elif current is not None:
+            current.append(line)
+            if not line.startswith((" ", "\t")):  # the exception line closes the frames
+                current = None
+    return found
+
+
+def error_lines(lines: Sequence[str]) -> list[str]:
+    """What a failure hint is judged on: the training process's last traceback (not accelerate's, which only says
+    that its child failed) and accelerate's verdict line; without a traceback, the last meaningful lines."""
+    kept = meaningful(lines)
+    blocks = tracebacks(kept)
+    trainer = [b for b in blocks if not any(ACCELERATE_FRAME.search(line) for line in b)]
+    verdict = [line for line in kept if LAUNCHER_LINE.search(line)][-1:]
+    if trainer:
+        return trainer[-1] + verdict
+    return verdict or kept[-5:]
+
+
 def failure_hint(lines: Sequence[str]) -> str:
-    """The most specific advice for a failed run, judged from its last output lines."""
-    text = "\n".join(lines)
+    """The most specific advice for a failed run, judged from the trainer's error lines."""
+    text = "\n".join(error_lines(lines))
     for pattern, hint in HINTS:
         if pattern.search(text):
             return hint
     return "read the output lines below; the error is usually in the last one"
+
+
+def is_retryable(lines: Sequence[str]) -> bool:
+    """Only a process killed from outside may pass next time; a Python exception in the trainer or an exit the
+    trainer chose (a bad config) recurs, so retrying it only delays the failure."""
+    return any(KILLED.search(line) for line in error_lines(lines))
 
 
 class KohyaLog:
@@ -117,7 +202,7 @@ class KohyaLog:
         self.epoch = 0
         self.total_epochs = total_epochs
         self.losses: dict[int, float] = {}
-        self.lines: deque[str] = deque(maxlen=HINT_LINES)  # bar redraws collapse into one line
+        self.lines: deque[str] = deque(maxlen=KEPT_LINES)  # bar redraws collapse into one line
         self._offset: int | None = None
         self._pending = ""
 
@@ -127,7 +212,7 @@ class KohyaLog:
 
     @property
     def tail(self) -> list[str]:
-        return list(self.lines)[-TAIL_LINES:]
+        return meaningful(self.lines)[-TAIL_LINES:]
 
     def feed(self, text: str) -> None:
         """Consume a chunk; a bar still waiting for its next `\\r` is parsed too, so progress is never a frame late."""
@@ -305,32 +390,38 @@ def _toml_value(value: Any) -> str:
 def dataset_config(request: TrainingRequest, class_tokens: str) -> dict[str, Any]:
     """The `--dataset_config` document: one DreamBooth-style subset over the prepared image + `.txt` folder."""
     preset = request.preset
+    dataset: dict[str, Any] = {
+        "resolution": preset.resolution,
+        "batch_size": preset.batch_size,
+        "enable_bucket": True,
+        "bucket_reso_steps": 64,
+        "bucket_no_upscale": True,  # buckets follow each image's size, so min/max_bucket_reso are not used...
+    }
+    # ...but sd-scripts still asserts min_bucket_reso <= resolution <= max_bucket_reso with its defaults (256, 1024),
+    # so a resolution outside them needs the bound moved (a multiple of bucket_reso_steps, as it requires).
+    if preset.resolution < DEFAULT_MIN_BUCKET_RESO:
+        dataset["min_bucket_reso"] = max(64, preset.resolution // 64 * 64)
+    if preset.resolution > DEFAULT_MAX_BUCKET_RESO:
+        dataset["max_bucket_reso"] = math.ceil(preset.resolution / 64) * 64
+    dataset["subsets"] = [
+        {
+            "image_dir": str(request.dataset_dir.resolve()),
+            "num_repeats": preset.repeats,
+            "class_tokens": class_tokens,  # caption for any image without a .txt
+        }
+    ]
     return {
         "general": {"caption_extension": ".txt", "shuffle_caption": True, "keep_tokens": 1},
-        "datasets": [
-            {
-                "resolution": preset.resolution,
-                "batch_size": preset.batch_size,
-                "enable_bucket": True,
-                "min_bucket_reso": max(64, preset.resolution // 2 // 64 * 64),
-                "max_bucket_reso": preset.resolution * 2,
-                "bucket_reso_steps": 64,
-                "bucket_no_upscale": True,
-                "subsets": [
-                    {
-                        "image_dir": str(request.dataset_dir.resolve()),
-                        "num_repeats": preset.repeats,
-                        "class_tokens": class_tokens,  # caption for any image without a .txt
-                    }
-                ],
-            }
-        ],
+        "datasets": [dataset],
     }
 
 
-def args_config(request: TrainingRequest, base_model: str) -> dict[str, Any]:
+def args_config(request: TrainingRequest, base_model: str, tokenizer_cache_dir: Path | None = None) -> dict[str, Any]:
     """The `--config_file` document (sections are cosmetic: sd-scripts flattens them)."""
     preset = request.preset
+    model: dict[str, Any] = {"pretrained_model_name_or_path": base_model}
+    if tokenizer_cache_dir is not None:
+        model["tokenizer_cache_dir"] = str(tokenizer_cache_dir)
     optimizer: dict[str, Any] = {
         "optimizer_type": preset.optimizer,
         "learning_rate": preset.learning_rate,
@@ -352,7 +443,7 @@ def args_config(request: TrainingRequest, base_model: str) -> dict[str, Any]:
     if preset.model_family == "sdxl" and preset.mixed_precision == "fp16":
         training["no_half_vae"] = True  # the SDXL VAE overflows in fp16
     return {
-        "model": {"pretrained_model_name_or_path": base_model},
+        "model": model,
         "network": {
             "network_module": "networks.lora",
             "network_dim": preset.network_dim,
@@ -375,10 +466,13 @@ def args_config(request: TrainingRequest, base_model: str) -> dict[str, Any]:
 
 
 def latest_state(output_dir: Path, name: str) -> Path | None:
-    """The newest complete-looking epoch state (`<name>-NNNNNN-state/` with train_state.json), if any.
+    """The newest complete-looking epoch state (`<name>-NNNNNN-state/` with train_state.json) of an interrupted run.
 
-    The final `<name>-state/` is skipped: it marks a finished run, and sd-scripts refuses to resume from it.
+    sd-scripts writes the final `<name>-state/` when training is over, just before the final LoRA: with it there,
+    the epoch states are leftovers of a finished run, not an interruption (a re-run must start afresh).
     """
+    if (output_dir / f"{name}-state").is_dir():
+        return None
     pattern = re.compile(rf"^{re.escape(name)}-(\d{{6}})-state$")
     states = [
         (int(match[1]), path)
@@ -386,6 +480,19 @@ def latest_state(output_dir: Path, name: str) -> Path | None:
         if (match := pattern.match(path.name)) and (path / "train_state.json").is_file()
     ]
     return max(states)[1] if states else None
+
+
+def state_epoch(state: Path) -> int:
+    """The epoch a `<name>-NNNNNN-state` folder was saved after."""
+    return int(state.name.removesuffix("-state").rsplit("-", 1)[1])
+
+
+def clear_states(output_dir: Path, name: str) -> None:
+    """Remove a finished run's state folders (optimizer moments, as large as the LoRA twice over)."""
+    pattern = re.compile(rf"^{re.escape(name)}(?:-\d{{6}}|-step\d{{8}})?-state$")
+    for path in output_dir.iterdir():
+        if pattern.match(path.name) and path.is_dir():
+            shutil.rmtree(path)
 
 
 def clear_previous_outputs(output_dir: Path, name: str) -> None:
@@ -440,6 +547,56 @@ def check_dataset(dataset_dir: Path, fallback_tokens: str) -> str:
     return texts[0].split()[0].rstrip(",") if texts else fallback_tokens
 
 
+def hf_hub_cache(env: Mapping[str, str]) -> Path:
+    """Where huggingface_hub looks for cached repos in the training process's environment (its documented order:
+    HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub; https://huggingface.co/docs/huggingface_hub/
+    package_reference/environment_variables)."""
+    if env.get("HF_HUB_CACHE"):
+        return Path(env["HF_HUB_CACHE"]).expanduser()
+    return Path(env.get("HF_HOME") or "~/.cache/huggingface").expanduser() / "hub"
+
+
+def has_tokenizer(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in TOKENIZER_FILES)
+
+
+def check_tokenizers(family: str, cache_dir: Path | None, env: Mapping[str, str]) -> None:
+    """Refuse to launch when sd-scripts would look for a CLIP tokenizer online.
+
+    On a machine without internet, sd-scripts fails deep in transformers with a TypeError that names nothing;
+    here the missing tokenizer, the folder it belongs in and the way to fill it are named before any work.
+    """
+    hub = hf_hub_cache(env)
+    for repo in TOKENIZERS[family]:
+        local = cache_dir / repo.replace("/", "_") if cache_dir else None
+        snapshots = (hub / f"models--{repo.replace('/', '--')}" / "snapshots").glob("*")
+        if (local and has_tokenizer(local)) or any(
+            has_tokenizer(s) or has_tokenizer(s / "tokenizer") for s in snapshots
+        ):
+            continue
+        target = local or Path("<KOHYA_TOKENIZER_CACHE_DIR>") / repo.replace("/", "_")
+        raise InputError(
+            "KOHYA_TOKENIZER_CACHE_DIR",
+            f"sd-scripts needs the CLIP tokenizer {repo!r} and it is neither in {target} nor in the Hugging Face "
+            f"cache {hub}; without it an offline machine fails with a TypeError",
+            f'on a machine with internet run: python -c "from transformers import CLIPTokenizer; '
+            f"CLIPTokenizer.from_pretrained('{repo}').save_pretrained('{target}')\" and copy that folder to this "
+            "machine (see 'Tokenizer' in docs/SETUP.md)",
+        )
+
+
+def device_settings(device: str) -> tuple[list[str], dict[str, str]]:
+    """accelerate launch flags and environment for TRAINING_DEVICE: `cpu` forces the CPU (accelerate's `--cpu`,
+    no GPU visible), `cuda:N` pins GPU N (CUDA_VISIBLE_DEVICES), `cuda` and `auto` leave the choice to accelerate."""
+    if device in {"auto", "cuda"}:
+        return [], {}
+    if device == "cpu":
+        return ["--cpu"], {"CUDA_VISIBLE_DEVICES": ""}
+    if match := re.fullmatch(r"cuda:(\d+)", device):
+        return [], {"CUDA_VISIBLE_DEVICES": match[1]}
+    raise InputError("TRAINING_DEVICE", f"{device!r} is not a device", "use auto, cpu, cuda or cuda:N (N = GPU index)")
+
+
 class KohyaTrainer:
     """The production trainer: kohya-ss/sd-scripts driven through `accelerate launch`."""
 
@@ -453,12 +610,17 @@ class KohyaTrainer:
         log_interval_s: float = 5.0,
         kill_grace_s: float = 10.0,
         poll_s: float = 0.1,
+        tokenizer_cache_dir: Path | None = None,
+        device: str = "auto",
     ) -> None:
         """`accelerate` is the command (a list when it needs an interpreter); `python_env` adds environment
-        variables for the training process (e.g. CUDA_VISIBLE_DEVICES, HF_HOME)."""
+        variables for the training process (e.g. HF_HOME); `tokenizer_cache_dir` is sd-scripts'
+        `--tokenizer_cache_dir`, where the CLIP tokenizers are read from offline; `device` is TRAINING_DEVICE."""
         self.sd_scripts = Path(sd_scripts).expanduser().absolute()
         self.accelerate = [accelerate] if isinstance(accelerate, str) else list(accelerate)
         self.python_env = dict(python_env or {})
+        self.tokenizer_cache_dir = Path(tokenizer_cache_dir).expanduser().absolute() if tokenizer_cache_dir else None
+        self.device = device
         self.log_interval_s = log_interval_s
         self.kill_grace_s = kill_grace_s
         self.poll_s = poll_s
@@ -487,8 +649,12 @@ class KohyaTrainer:
             )
         launch = ["launch", "--num_cpu_threads_per_process", "1", "--num_processes", "1", "--num_machines", "1"]
         launch += ["--mixed_precision", preset.mixed_precision, "--dynamo_backend", "no"]
+        launch += device_settings(self.device)[0]
         args = [str(script), "--config_file", str(config), "--dataset_config", str(dataset)]
-        resume_args = ["--resume", str(resume)] if resume else []
+        # sd-scripts takes the start epoch from train_state.json's current_step, which counts only the steps of the
+        # launch that saved it: after one resume it is too small and an epoch is trained again. --initial_epoch
+        # (1-based, overrides the state's step) puts the start right after the saved epoch every time.
+        resume_args = ["--resume", str(resume), "--initial_epoch", str(state_epoch(resume) + 1)] if resume else []
         return [str(Path(executable).absolute()), *self.accelerate[1:], *launch, *args, *resume_args]
 
     def train(
@@ -502,11 +668,12 @@ class KohyaTrainer:
         script = self.script_for(preset)
         base_model = check_base_model(preset)
         class_tokens = check_dataset(request.dataset_dir, request.output_name)
+        check_tokenizers(preset.model_family, self.tokenizer_cache_dir, {**os.environ, **self.python_env})
         out = request.output_dir.resolve()
         dataset_toml, config_toml = out / "dataset.toml", out / "config.toml"
         configs = {
             dataset_toml: dump_toml(dataset_config(request, class_tokens)),
-            config_toml: dump_toml(args_config(request, base_model)),
+            config_toml: dump_toml(args_config(request, base_model, self.tokenizer_cache_dir)),
         }
         resume = latest_state(out, request.output_name) if request.resume and _unchanged(configs) else None
         command = self.command(script, preset, config_toml, dataset_toml, resume)
@@ -520,6 +687,7 @@ class KohyaTrainer:
         lora = out / f"{request.output_name}.safetensors"
         if not lora.is_file():
             raise KohyaTrainingError(0, run.log.tail, f"sd-scripts finished without writing {lora.name}")
+        clear_states(out, request.output_name)  # finished: nothing to resume, and a re-run starts afresh
         return TrainingResult(
             engine=self.name,
             base_model=preset.base_model,
@@ -560,7 +728,8 @@ class _Run:
         self._reported_at = -math.inf
 
     def execute(self, command: list[str]) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.trainer.python_env}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **device_settings(self.trainer.device)[1]}
+        env.update(self.trainer.python_env)
         proc = subprocess.Popen(  # stderr merged into stdout, unbuffered: bytes are parsed as they come
             command,
             cwd=self.trainer.sd_scripts,
@@ -578,7 +747,8 @@ class _Run:
             proc.wait()
         self.log.close()
         if proc.returncode != 0:
-            raise KohyaTrainingError(proc.returncode, self.log.tail, failure_hint(self.log.lines))
+            lines = list(self.log.lines)
+            raise KohyaTrainingError(proc.returncode, self.log.tail, failure_hint(lines), is_retryable(lines))
         self._announce(self.checkpoints.poll(final=True))
         self._report(force=True, message="training finished")
 
@@ -623,7 +793,7 @@ class _Run:
         due = time.monotonic() - self._reported_at >= self.trainer.log_interval_s
         if not force and (state == self._reported or not (epoch_changed or due)):
             return
-        loss = f", avr_loss {log.loss:.4f}" if log.loss is not None else ""
-        text = message or f"epoch {log.epoch}/{log.total_epochs}, step {log.step}/{log.total_steps}{loss}"
-        self.progress(TrainingProgress(log.step, log.total_steps, log.epoch, log.total_epochs, log.loss, text))
+        # `message` is for events (a checkpoint, the end); step, epoch and loss travel in their own fields, and the
+        # caller formats them, so a log line never says them twice.
+        self.progress(TrainingProgress(log.step, log.total_steps, log.epoch, log.total_epochs, log.loss, message))
         self._reported, self._reported_at = state, time.monotonic()

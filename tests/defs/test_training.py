@@ -19,7 +19,7 @@ from influencer_pipeline.defs.resources import (
 from influencer_pipeline.defs.training import lora_samples, lora_weights
 from influencer_pipeline.media import LocalMediaStore
 from tests.defs.test_datasets import failure_text
-from tests.fakes import accelerate_command, fake_sd_scripts
+from tests.fakes import accelerate_command, fake_sd_scripts, fake_tokenizers
 from tests.generation.comfy_standin import ComfyStandin
 from tests.images import make_photo
 
@@ -105,7 +105,10 @@ def test_kohya_trainer_and_comfyui_engine_end_to_end(store, tmp_path) -> None:
                 }
             ),
             trainer=TrainerResource(
-                kohya_sd_scripts=str(sd_scripts), accelerate=shlex.join(accelerate_command()), work_dir=str(tmp_path)
+                kohya_sd_scripts=str(sd_scripts),
+                accelerate=shlex.join(accelerate_command()),
+                kohya_tokenizer_cache_dir=str(fake_tokenizers(tmp_path / "tokenizers")),
+                work_dir=str(tmp_path),
             ),
             image_engine=ImageEngineResource(
                 comfyui_url=comfy.url, comfyui_loras_dir=str(loras), work_dir=str(tmp_path)

@@ -32,3 +32,12 @@ def fake_sd_scripts(folder: Path) -> Path:
     (folder / "networks").mkdir(exist_ok=True)
     (folder / "networks" / "lora.py").write_text("", encoding="utf-8")
     return folder
+
+
+def fake_tokenizers(folder: Path) -> Path:
+    """A `--tokenizer_cache_dir` holding both CLIP tokenizers sd-scripts loads (the fake only checks the files)."""
+    for repo in ("openai_clip-vit-large-patch14", "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k"):
+        (folder / repo).mkdir(parents=True, exist_ok=True)
+        (folder / repo / "vocab.json").write_text('{"!": 0}', encoding="utf-8")
+        (folder / repo / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    return folder

@@ -167,9 +167,11 @@ def optimizer_error(name: str) -> list[str] | None:
         return None
     if "." not in name:
         return [f"AttributeError: module 'torch.optim' has no attribute '{name}'"]
-    module = name.rsplit(".", 1)[0]
+    module, attribute = name.rsplit(".", 1)
     if importlib.util.find_spec(module.split(".")[0]) is None:
         return [f"ModuleNotFoundError: No module named '{module.split('.')[0]}'"]
+    if not hasattr(importlib.import_module(module), attribute):
+        return [f"AttributeError: module '{module}' has no attribute '{attribute}'"]
     return None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import time
 import tomllib
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from influencer_pipeline.errors import InputError
 from influencer_pipeline.training.base import TrainingCancelled, TrainingProgress, TrainingRequest
 from influencer_pipeline.training.kohya import KohyaLog, KohyaTrainer, KohyaTrainingError, dump_toml
 from influencer_pipeline.training.presets import load_preset
-from tests.fakes import accelerate_command, fake_sd_scripts, install_accelerate
+from tests.fakes import accelerate_command, fake_sd_scripts, fake_tokenizers, install_accelerate
 
 IMAGES = 5  # x 2 repeats / batch 2 = 5 steps per epoch
 
@@ -46,8 +47,17 @@ def request_for(dataset: Path, preset: str = "sd15-standard", **fields: Any) -> 
 
 
 def trainer_for(sd_scripts: Path, env: dict[str, str] | None = None, **options: Any) -> KohyaTrainer:
-    options = {"log_interval_s": 1000.0, "kill_grace_s": 2.0, "poll_s": 0.02, **options}
-    return KohyaTrainer(sd_scripts, accelerate=accelerate_command(), python_env=env or {}, **options)
+    """The trainer on the fake, with the tokenizers in place and an empty Hugging Face cache of its own."""
+    tokenizers = fake_tokenizers(sd_scripts.parent / "tokenizers")
+    options = {
+        "log_interval_s": 1000.0,
+        "kill_grace_s": 2.0,
+        "poll_s": 0.02,
+        "tokenizer_cache_dir": tokenizers,
+        **options,
+    }
+    env = {"HF_HOME": str(sd_scripts.parent / "hf-home"), **(env or {})}
+    return KohyaTrainer(sd_scripts, accelerate=accelerate_command(), python_env=env, **options)
 
 
 class Recorder:
@@ -65,7 +75,7 @@ class Recorder:
 
     def plain(self) -> list[tuple[float, TrainingProgress]]:
         """Rate-limited step reports (not checkpoint notices or the final report)."""
-        return [(t, p) for t, p in self.calls if p.message.startswith("epoch ")]
+        return [(t, p) for t, p in self.calls if not p.message]
 
 
 def flat(path: Path) -> dict[str, Any]:
@@ -215,7 +225,7 @@ def test_crash_gives_the_log_tail_and_a_retry_resumes_after_the_saved_epoch(data
     progress = Recorder()
     result = trainer_for(sd_scripts).train(request, progress)
     assert result.resumed_from == str(out / "ava-000001-state")
-    assert launched(out)["argv"][-2:] == ["--resume", str(out / "ava-000001-state")]
+    assert launched(out)["argv"][-4:] == ["--resume", str(out / "ava-000001-state"), "--initial_epoch", "2"]
     assert min(p.epoch for p in progress.updates) == 2  # epoch 1 was not trained again
     assert [step for step, _ in result.losses] == list(range(6, 16))
     assert (result.steps, result.epochs) == (15, 3)
@@ -327,10 +337,12 @@ def test_default_accelerate_command_is_found_on_path(
     dataset: Path, sd_scripts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    tokenizers = fake_tokenizers(tmp_path / "tokenizers")
     with pytest.raises(InputError, match="'accelerate' is not an executable on PATH"):
-        KohyaTrainer(sd_scripts).train(request_for(dataset), Recorder())
+        KohyaTrainer(sd_scripts, tokenizer_cache_dir=tokenizers).train(request_for(dataset), Recorder())
     install_accelerate(tmp_path / "bin")
-    result = KohyaTrainer(sd_scripts, log_interval_s=0).train(request_for(dataset), Recorder())
+    trainer = KohyaTrainer(sd_scripts, log_interval_s=0, tokenizer_cache_dir=tokenizers)
+    result = trainer.train(request_for(dataset), Recorder())
     assert result.lora_path.is_file()
 
 
@@ -367,3 +379,156 @@ def test_toml_writer_round_trips() -> None:
         "items": [{"name": "a", "sub": [{"x": 1}]}, {"name": "b"}],
     }
     assert tomllib.loads(dump_toml(doc)) == doc
+
+
+def test_a_killed_process_may_be_retried_but_a_python_exception_may_not(dataset: Path, sd_scripts: Path) -> None:
+    """Retrying a traceback only repeats it (minutes lost per try); a SIGKILL from outside may pass next time."""
+    request = request_for(dataset)
+    with pytest.raises(KohyaTrainingError) as killed:
+        trainer_for(sd_scripts, {"FAKE_KOHYA_SIGKILL_AT_EPOCH": "2"}).train(request, Recorder())
+    assert killed.value.retryable is True
+    assert "killed from outside (SIGKILL)" in killed.value.hint
+    assert "died with <Signals.SIGKILL: 9>" in str(killed.value)
+    assert not any("kernels" in line for line in killed.value.tail)  # bitsandbytes' notice is left out
+    with pytest.raises(KohyaTrainingError) as raised:
+        trainer_for(sd_scripts, {"FAKE_KOHYA_OOM": "1"}).train(request_for(dataset, resume=False), Recorder())
+    assert raised.value.retryable is False
+    with pytest.raises(TrainingCancelled) as cancelled:
+        trainer_for(sd_scripts, {"FAKE_KOHYA_HANG": "1"}, kill_grace_s=0.3).train(request, Recorder(), lambda: True)
+    assert cancelled.value.retryable is False
+
+
+def test_an_optimizer_sd_scripts_cannot_create_gets_its_own_hint(dataset: Path, sd_scripts: Path) -> None:
+    request = request_for(dataset, overrides={"optimizer": "torch.optim.AdamW9"})  # a dotted path passes the preset
+    with pytest.raises(KohyaTrainingError) as err:
+        trainer_for(sd_scripts).train(request, Recorder())
+    assert "could not create the preset's optimizer" in err.value.hint and not err.value.retryable
+    assert "AttributeError: module 'torch.optim' has no attribute 'AdamW9'" in str(err.value)
+
+
+def test_a_second_resume_continues_after_the_saved_epoch(dataset: Path, sd_scripts: Path) -> None:
+    """train_state.json counts only the steps of the launch that saved it; --initial_epoch keeps epochs right."""
+    request = request_for(dataset, overrides={"epochs": 4})
+    out = request.output_dir.resolve()
+    with pytest.raises(KohyaTrainingError):
+        trainer_for(sd_scripts, {"FAKE_KOHYA_SIGKILL_AT_EPOCH": "2"}).train(request, Recorder())
+    with pytest.raises(KohyaTrainingError):
+        trainer_for(sd_scripts, {"FAKE_KOHYA_SIGKILL_AT_EPOCH": "3"}).train(request, Recorder())
+    state = json.loads((out / "ava-000002-state" / "train_state.json").read_text())
+    assert state == {"current_epoch": 2, "current_step": 5}  # epoch 2 alone, as the real one records
+    progress = Recorder()
+    result = trainer_for(sd_scripts).train(request, progress)
+    assert result.resumed_from == str(out / "ava-000002-state")
+    assert launched(out)["argv"][-4:] == ["--resume", str(out / "ava-000002-state"), "--initial_epoch", "3"]
+    assert min(p.epoch for p in progress.updates) == 3  # epoch 2 is not trained a second time
+    assert [step for step, _ in result.losses] == list(range(11, 21))
+    assert (result.steps, result.epochs) == (20, 4)
+
+
+def test_running_a_finished_config_again_starts_afresh(dataset: Path, sd_scripts: Path) -> None:
+    """The epoch state left by a finished run is no interruption: a re-run trains every epoch and resumes nothing."""
+    request = request_for(dataset)
+    out = request.output_dir.resolve()
+    trainer_for(sd_scripts).train(request, Recorder())
+    assert not list(out.glob("*-state"))  # a finished run's states are removed (optimizer moments: large)
+    progress = Recorder()
+    result = trainer_for(sd_scripts).train(request, progress)
+    assert result.resumed_from is None and "--resume" not in launched(out)["argv"]
+    assert min(p.epoch for p in progress.updates) == 1
+    assert (result.steps, result.epochs) == (15, 3)
+
+
+def test_a_finished_run_whose_states_were_not_removed_is_not_resumed(dataset: Path, sd_scripts: Path) -> None:
+    """Killed after sd-scripts finished but before the cleanup: its final `<name>-state` marks the run finished."""
+    request = request_for(dataset)
+    out = request.output_dir.resolve()
+    trainer_for(sd_scripts).train(request, Recorder())
+    for name, epoch in (("ava-000002-state", 2), ("ava-state", 3)):  # what sd-scripts leaves after success
+        (out / name).mkdir()
+        (out / name / "train_state.json").write_text(json.dumps({"current_epoch": epoch, "current_step": 5 * epoch}))
+    result = trainer_for(sd_scripts).train(request, Recorder())
+    assert result.resumed_from is None and "--resume" not in launched(out)["argv"]
+
+
+def test_checkpoints_of_an_earlier_run_with_more_epochs_do_not_stay(dataset: Path, sd_scripts: Path) -> None:
+    trainer_for(sd_scripts).train(request_for(dataset, overrides={"epochs": 4}), Recorder())
+    result = trainer_for(sd_scripts).train(request_for(dataset, overrides={"epochs": 2}), Recorder())
+    assert [p.name for p in result.checkpoints] == ["ava-000001.safetensors"]
+    out = result.lora_path.parent
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["ava-000001.safetensors", "ava.safetensors"]
+
+
+def test_run_log_lines_say_things_once_and_at_most_every_10_s(dataset: Path, sd_scripts: Path) -> None:
+    """Through the Dagster layer's logger, on a clock that moves 3 s per report: a step line at most every 10 s
+    within an epoch (plus one per epoch and each event), and no line repeats its step/epoch/loss text."""
+    from influencer_pipeline.defs.training import progress_logger
+
+    ticks = itertools.count(0, 3)
+    lines: list[tuple[float, str]] = []
+    now = {"t": 0.0}
+
+    def clock() -> float:
+        now["t"] = float(next(ticks))
+        return now["t"]
+
+    report = progress_logger(lambda line: lines.append((now["t"], line)), clock=clock)
+    trainer_for(sd_scripts, log_interval_s=0).train(request_for(dataset, overrides={"repeats": 10}), report)
+    assert lines
+    for _, line in lines:
+        assert line.count("epoch") == 1 and line.count("step") == 1, line
+    plain = [(t, line) for t, line in lines if "checkpoint" not in line and "finished" not in line]
+    for (t0, a), (t1, b) in itertools.pairwise(plain):
+        same_epoch = a.split("epoch ")[1].split(",")[0] == b.split("epoch ")[1].split(",")[0]
+        assert not same_epoch or t1 - t0 >= 10 or b.startswith("step 75/75"), (a, b)
+    assert len(plain) < 75 / 3  # 75 steps, 3 s apart, one line per >= 10 s
+
+
+def test_missing_tokenizer_is_refused_before_launch(dataset: Path, sd_scripts: Path, tmp_path: Path) -> None:
+    """sd-scripts loads the CLIP tokenizer by Hugging Face id; offline it fails with a TypeError naming nothing."""
+    empty = tmp_path / "no-tokenizers"
+    request = request_for(dataset)
+    with pytest.raises(InputError, match="KOHYA_TOKENIZER_CACHE_DIR") as err:
+        trainer_for(sd_scripts, tokenizer_cache_dir=empty).train(request, Recorder())
+    assert "openai/clip-vit-large-patch14" in str(err.value) and str(empty) in str(err.value)
+    assert "save_pretrained" in err.value.fix and "docs/SETUP.md" in err.value.fix
+    assert not request.output_dir.exists()
+    # SDXL needs the second tokenizer too
+    only_clip_l = fake_tokenizers(tmp_path / "partial")
+    shutil.rmtree(only_clip_l / "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k")
+    sdxl = request_for(dataset, "sdxl-standard")
+    with pytest.raises(InputError, match="CLIP-ViT-bigG-14"):
+        trainer_for(sd_scripts, tokenizer_cache_dir=only_clip_l).train(sdxl, Recorder())
+
+
+def test_tokenizer_cache_dir_is_passed_and_the_hf_cache_also_counts(
+    dataset: Path, sd_scripts: Path, tmp_path: Path
+) -> None:
+    request = request_for(dataset)
+    trainer_for(sd_scripts).train(request, Recorder())
+    assert flat(request.output_dir / "config.toml")["tokenizer_cache_dir"] == str(tmp_path / "tokenizers")
+    hub = tmp_path / "hf-cache"
+    snapshot = hub / "models--openai--clip-vit-large-patch14" / "snapshots" / "0123abc"
+    fake_tokenizers(tmp_path / "t")
+    shutil.copytree(tmp_path / "t" / "openai_clip-vit-large-patch14", snapshot)
+    trainer = trainer_for(sd_scripts, {"HF_HUB_CACHE": str(hub)}, tokenizer_cache_dir=None)
+    result = trainer.train(request_for(dataset, resume=False), Recorder())
+    assert result.lora_path.is_file()
+    assert "tokenizer_cache_dir" not in flat(request.output_dir / "config.toml")
+
+
+@pytest.mark.parametrize(
+    ("device", "flag", "visible"), [("auto", False, None), ("cpu", True, ""), ("cuda:1", False, "1")]
+)
+def test_training_device_is_honoured(
+    dataset: Path, sd_scripts: Path, device: str, flag: bool, visible: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    request = request_for(dataset, overrides={"epochs": 1})
+    trainer_for(sd_scripts, device=device).train(request, Recorder())
+    seen = launched(request.output_dir)
+    assert ("--cpu" in seen["argv"]) is flag and seen["CUDA_VISIBLE_DEVICES"] == visible
+
+
+def test_an_unknown_training_device_is_refused(dataset: Path, sd_scripts: Path) -> None:
+    with pytest.raises(InputError, match="TRAINING_DEVICE"):
+        trainer_for(sd_scripts, device="gpu0").train(request_for(dataset), Recorder())
