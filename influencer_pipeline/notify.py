@@ -130,7 +130,7 @@ def build_slack_payload(event: RunEvent) -> dict[str, Any]:
     ]
     if event.failure is not None:
         where = f"step `{event.failure.step}`" if event.failure.step else "the run"
-        text = f"*Failed in {where}:*\n```{event.failure.message[:2800]}```"
+        text = f"*Failed in {where}:*\n```{redact_and_clip(event.failure.message, 2800)}```"
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text}})
     if event.assets:
         shown = ", ".join(f"`{key}`" for key in event.assets[:SLACK_MAX_ASSETS])

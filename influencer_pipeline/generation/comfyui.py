@@ -58,7 +58,7 @@ from influencer_pipeline.generation.workflows import (
     load_template,
     template_family,
 )
-from influencer_pipeline.redaction import redact
+from influencer_pipeline.redaction import excerpt, redact
 
 log = logging.getLogger(__name__)
 
@@ -885,7 +885,7 @@ def describe_rejection(where: str, payload: dict[str, Any]) -> str:
             )
     kind = error.get("type", "node_errors")
     stated = ": ".join(str(error[key]) for key in ("message", "details") if error.get(key))
-    summary = "; ".join(problems) or stated or json.dumps(payload)[:300]
+    summary = "; ".join(problems) or stated or excerpt(json.dumps(payload), 300)
     if "lora_name" in inputs:
         fix = "the LoRA is not in ComfyUI's loras folder: deploy it with deploy_lora and check the shared folder path"
     elif "ckpt_name" in inputs:
@@ -954,12 +954,12 @@ def _json_body(response: requests.Response) -> dict[str, Any]:
 
 def _snippet(response: requests.Response) -> str:
     """The start of a body, on one line, for error messages."""
-    return " ".join(response.text[:200].split())
+    return " ".join(excerpt(response.text, 200).split())
 
 
 def _reason(exc: requests.ConnectionError) -> str:
     text = str(exc)
-    return "connection refused" if "refused" in text.lower() else text[:200]
+    return "connection refused" if "refused" in text.lower() else excerpt(text, 200)
 
 
 def _lora_file_name(name: str, source: Path) -> str:

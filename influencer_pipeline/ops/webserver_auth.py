@@ -59,6 +59,8 @@ from dagster_webserver.app import create_app_from_workspace_process_context
 from dagster_webserver.version import __version__
 from graphql import DocumentNode, GraphQLError, OperationDefinitionNode, OperationType, parse
 
+from influencer_pipeline.redaction import redact_and_clip
+
 TOKEN_ENV = "DAGSTER_GRAPHQL_TOKEN"
 ORIGINS_ENV = "DAGSTER_WEBSOCKET_ORIGINS"
 MIN_TOKEN_CHARS = 16
@@ -120,7 +122,7 @@ def parse_document(query: object) -> DocumentNode:
     except GraphQLError as error:
         if "tokens" in error.message and str(MAX_TOKENS) in error.message:
             raise _Refused(413, f"GraphQL document with more than {MAX_TOKENS} tokens") from None
-        raise _Refused(400, f"GraphQL document that does not parse ({error.message[:200]})") from None
+        raise _Refused(400, f"GraphQL document that does not parse ({redact_and_clip(error.message, 200)})") from None
 
 
 def _selects_non_query(document: DocumentNode, operation_name: object) -> bool:

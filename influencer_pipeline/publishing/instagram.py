@@ -50,6 +50,7 @@ from influencer_pipeline.publishing.base import (
     RemoteHandle,
 )
 from influencer_pipeline.publishing.meta_errors import GraphSession, MetaError, MetaPublishError, classify, describe
+from influencer_pipeline.redaction import excerpt
 
 log = logging.getLogger(__name__)
 
@@ -354,7 +355,8 @@ class InstagramPublisher:
             )
         except (KeyError, IndexError, TypeError, ValueError):
             raise MetaPublishError(
-                f"Instagram content_publishing_limit answered in an unexpected shape: {str(body)[:200]}", "transient"
+                f"Instagram content_publishing_limit answered in an unexpected shape: {excerpt(str(body), 200)}",
+                "transient",
             ) from None
 
     def _check_quota(self, token: str) -> None:
