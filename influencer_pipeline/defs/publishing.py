@@ -34,7 +34,7 @@ from influencer_pipeline.publishing.brand_safety import scan
 from influencer_pipeline.publishing.due import day_statuses, describe, due_posts, due_runs, overdue_posts
 from influencer_pipeline.publishing.ledger import Ledger, default_url, shared_ledger
 from influencer_pipeline.publishing.orchestrator import RetryPolicy, publish_once, utc_now
-from influencer_pipeline.publishing.outbox import OutboxPublisher
+from influencer_pipeline.publishing.outbox import OutboxPublisher, outbox_account
 from influencer_pipeline.publishing.posts import prepare_posts
 from influencer_pipeline.video import aspects_for
 
@@ -65,7 +65,7 @@ class PublishingResource(dg.ConfigurableResource):
         if self.mode == "outbox":
             # One folder per persona: post ids are per persona and day, so two personas share them.
             outbox = OutboxPublisher(Path(self.outbox_dir) / persona)
-            return outbox, (lambda: lambda: ""), f"outbox:{persona}:{platform}"
+            return outbox, (lambda: lambda: ""), outbox_account(persona, platform)
         from influencer_pipeline.accounts import Accounts
         from influencer_pipeline.publishing.live import live_publisher
 
@@ -261,7 +261,7 @@ def day_result(
     metadata: dict[str, object] = {
         "posts": table(rows, [(c, "string") for c in ROW_COLUMNS]),
         **{state: counts.get(state, 0) for state in ("published", "pending", "failed", "unconfirmed", "blocked")},
-        **{state: counts.get(state, 0) for state in ("draft", "held", "approved", "scheduled")},
+        **{state: counts.get(state, 0) for state in ("draft", "held", "approved", "scheduled", "ready_to_post")},
         "next_attempt": min(next_attempts).strftime("%Y-%m-%d %H:%M UTC") if next_attempts else "",
         "brand_safety_max_score": dg.MetadataValue.float(safety_score),
         "mode": publishing.mode,

@@ -29,7 +29,18 @@ from influencer_pipeline.publishing.review import PostKey, close_finished
 
 STALE_AFTER = timedelta(minutes=30)
 # What a person sees per post (docs/PUBLISHING.md): the review states, then the attempt's.
-SHOWN = ("draft", "held", "approved", "scheduled", "pending", "blocked", "published", "failed", "unconfirmed")
+SHOWN = (
+    "draft",
+    "held",
+    "approved",
+    "scheduled",
+    "pending",
+    "blocked",
+    "ready_to_post",
+    "published",
+    "failed",
+    "unconfirmed",
+)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,13 @@
 
 `prepare` writes `<root>/<post_id>/<platform>/` (the media copied in order, `caption.txt`, `post.json`) into a
 staging folder and renames it into place, so a person never sees half a bundle. `commit` releases the bundle by
-writing a `PUBLISHED` marker with a hard link, which is atomic and fails if the marker exists: a marker is either
-absent or complete, and written once. `reconcile` reads it. The outbox needs no token; the argument is ignored.
+writing a `READY_TO_POST` marker with a hard link, which is atomic and fails if the marker exists: a marker is
+either absent or complete, and written once. `reconcile` reads it. The outbox needs no token; the argument is
+ignored.
+
+A released bundle is `ready_to_post`, not published: nothing here knows whether a person posted it. When they have,
+`influencer-pipeline posts mark-posted` records it in the ledger (`review.mark_posted`) and writes a `POSTED`
+marker (`record_posted`) beside the bundle, so the folder says the same as the ledger.
 """
 
 from __future__ import annotations
@@ -21,8 +26,36 @@ from influencer_pipeline.publishing.base import PostMedia, Published, PublishErr
 from influencer_pipeline.publishing.ledger import media_sha256
 
 PLATFORM = "outbox"
-MARKER = "PUBLISHED"
+MARKER = "READY_TO_POST"
+LEGACY_MARKER = "PUBLISHED"  # what releases were called before `ready_to_post`: still read, never written
+POSTED = "POSTED"
+OUTBOX_ACCOUNT_PREFIX = "outbox:"
 HASHTAG = re.compile(r"#\w+")
+
+
+def outbox_account(persona: str, platform: str) -> str:
+    """The ledger account of a persona's outbox for one platform (one folder per persona)."""
+    return f"{OUTBOX_ACCOUNT_PREFIX}{persona}:{platform}"
+
+
+def is_outbox_account(account_id: str) -> bool:
+    return account_id.startswith(OUTBOX_ACCOUNT_PREFIX)
+
+
+def bundle_folder(root: Path, persona: str, post_id: str, platform: str) -> Path:
+    """Where the bundle of a persona's post for one platform lives under the outbox root."""
+    return Path(root) / persona / post_id / platform
+
+
+def record_posted(bundle: Path, *, by: str, now: datetime, url: str = "") -> Path:
+    """Write the `POSTED` marker (who said so, when, and the post's address if given) into a released bundle."""
+    if not (bundle / MARKER).exists() and not (bundle / LEGACY_MARKER).exists():
+        raise PublishError(f"outbox bundle {bundle} was never released; nothing to mark as posted", "permanent")
+    marker = bundle / POSTED
+    if not marker.exists():
+        record = {"posted_by": by, "marked_at": now.isoformat(), "url": url}
+        marker.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return marker
 
 
 class OutboxPublisher:
@@ -39,7 +72,7 @@ class OutboxPublisher:
     def prepare(self, request: PublishRequest, token: str) -> RemoteHandle:
         """Write the bundle; a bundle already released is left exactly as it is (commit will report it)."""
         bundle = self.bundle_dir(request)
-        if not (bundle / MARKER).exists():
+        if not _released(bundle):
             _check_owner(bundle, request)
             _replace_dir(bundle, lambda staging: _write_bundle(staging, request))
         return RemoteHandle(PLATFORM, str(bundle.relative_to(self.root)), {"account_id": request.account_id})
@@ -61,6 +94,8 @@ class OutboxPublisher:
         bundle = self.root / handle.value
         if not (bundle / "post.json").is_file():
             raise PublishError(f"outbox bundle {bundle} is gone; nothing was released. Prepare it again", "transient")
+        if (bundle / LEGACY_MARKER).exists():  # released before the marker was renamed: that release stands
+            return _read_marker(bundle)
         published = Published(remote_id=handle.value, permalink=bundle.resolve().as_uri())
         record = {"remote_id": published.remote_id, "permalink": published.permalink}
         record["committed_at"] = datetime.now(UTC).isoformat()
@@ -79,7 +114,7 @@ class OutboxPublisher:
     def reconcile(self, handle: RemoteHandle, request: PublishRequest, token: str) -> Published | None:
         """The marker is written atomically, so its absence proves the bundle was never released."""
         bundle = self.root / handle.value
-        return _read_marker(bundle) if (bundle / MARKER).exists() else None
+        return _read_marker(bundle) if _released(bundle) else None
 
 
 def _check_owner(bundle: Path, request: PublishRequest) -> None:
@@ -159,6 +194,11 @@ def _instructions(request: PublishRequest) -> list[str]:
     return steps
 
 
+def _released(bundle: Path) -> bool:
+    return (bundle / MARKER).exists() or (bundle / LEGACY_MARKER).exists()
+
+
 def _read_marker(bundle: Path) -> Published:
-    record = json.loads((bundle / MARKER).read_text(encoding="utf-8"))
+    marker = bundle / LEGACY_MARKER if (bundle / LEGACY_MARKER).exists() else bundle / MARKER
+    record = json.loads(marker.read_text(encoding="utf-8"))
     return Published(remote_id=record["remote_id"], permalink=record["permalink"])

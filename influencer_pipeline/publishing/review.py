@@ -1,7 +1,9 @@
 """A post's life before and around its publish, recorded in the ledger: the review API.
 
 draft -> approved (or held) -> scheduled -> published / failed / blocked, one `planned_posts` row per
-(persona, post, platform). The rules a careful creator expects:
+(persona, post, platform). Through the outbox, a released post is `ready_to_post` until a person says they posted
+it (`mark_posted`): the pipeline cannot know what a person did by hand, so it never calls that `published`.
+The rules a careful creator expects:
 
 - A persona's `approval` policy (persona.yaml) decides where new content starts: `required` (the default) makes a
   `draft` that waits for `approve`; `auto` schedules it at once.
@@ -29,9 +31,10 @@ from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.engine import RowMapping
 
 from influencer_pipeline.publishing.ledger import ATTEMPTS, PLANNED, AttemptKey, AttemptView, Ledger
+from influencer_pipeline.publishing.outbox import OUTBOX_ACCOUNT_PREFIX, is_outbox_account
 
 APPROVAL_POLICIES = ("required", "auto")
-STATUSES = ("draft", "held", "approved", "scheduled", "blocked", "published", "failed")
+STATUSES = ("draft", "held", "approved", "scheduled", "blocked", "ready_to_post", "published", "failed")
 BEFORE_ATTEMPT = ("draft", "held", "approved", "scheduled")  # a person may still change these
 AUTO_REVIEWER = "policy:auto"
 
@@ -292,6 +295,18 @@ def _decide(ledger: Ledger, view: PlannedView, now: datetime, **values: Any) -> 
     return PlannedView.from_row(row)
 
 
+def mark_posted(ledger: Ledger, key: PostKey, *, now: datetime) -> PlannedView:
+    """A person posted an outbox bundle by hand: `ready_to_post` becomes `published` (idempotent)."""
+    view = _require(ledger, key)
+    if view.status == "published":
+        return view
+    if view.status != "ready_to_post":
+        raise ReviewError(
+            f"{_label(key)} is {view.status}; only a post whose outbox bundle is ready_to_post can be marked posted"
+        )
+    return _decide(ledger, view, now, status="published")
+
+
 def _attempt_account(ledger: Ledger, view: PlannedView) -> str:
     with ledger.engine.begin() as connection:
         account = connection.execute(
@@ -325,6 +340,8 @@ def block(ledger: Ledger, key: PostKey, problems: Iterable[str], *, worker: str,
 def settle(ledger: Ledger, key: PostKey, attempt: AttemptView, *, worker: str, now: datetime) -> None:
     """Link the attempt found by (account, post) and follow its state; release this run's lease."""
     status = {"published": "published", "failed": "failed", "unconfirmed": "failed"}.get(attempt.state, "scheduled")
+    if status == "published" and is_outbox_account(attempt.account_id):
+        status = "ready_to_post"  # released to a folder: a person still has to post it
     attempt_id = (
         select(ATTEMPTS.c.id)
         .where(ATTEMPTS.c.post_id == attempt.post_id, ATTEMPTS.c.account_id == attempt.account_id)
@@ -344,11 +361,19 @@ def close_finished(ledger: Ledger, ids: Iterable[int], now: datetime) -> None:
     if not ids:
         return
     finished = select(ATTEMPTS.c.state).where(ATTEMPTS.c.id == PLANNED.c.attempt_id).scalar_subquery()
+    account = select(ATTEMPTS.c.account_id).where(ATTEMPTS.c.id == PLANNED.c.attempt_id).scalar_subquery()
+    outbox = account.startswith(OUTBOX_ACCOUNT_PREFIX, autoescape=True)
+    moves = (
+        ("published", "ready_to_post", outbox),
+        ("published", "published", ~outbox),
+        ("failed", "failed", True),
+        ("unconfirmed", "failed", True),
+    )
     with ledger.engine.begin() as connection:
-        for state, status in (("published", "published"), ("failed", "failed"), ("unconfirmed", "failed")):
+        for state, status, which in moves:
             connection.execute(
                 update(PLANNED)
-                .where(and_(PLANNED.c.id.in_(ids), PLANNED.c.status == "scheduled", finished == state))
+                .where(and_(PLANNED.c.id.in_(ids), PLANNED.c.status == "scheduled", finished == state, which))
                 .values(status=status, updated_at=now)
             )
 

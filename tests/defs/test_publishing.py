@@ -72,9 +72,11 @@ def test_a_day_is_published_to_the_outbox_once_even_when_run_twice(trained, tmp_
     reasons = [r.data["error"] for r in meta["posts"].records if r.data["state"] == "blocked"]
     assert all("360" in reason and "Fix:" in reason for reason in reasons)
     pairs -= blocked
-    assert meta["published"] == len(pairs) and meta["failed"] == 0 and meta["mode"] == "outbox"
+    # Released to the outbox is ready_to_post: nobody has posted it yet, so nothing says published.
+    assert meta["ready_to_post"] == len(pairs) and meta["published"] == 0
+    assert meta["failed"] == 0 and meta["mode"] == "outbox"
     assert meta["brand_safety_max_score"] < 0.5
-    bundles = {(d.parent.name, d.name) for d in outbox.glob("ava/*/*") if (d / "PUBLISHED").exists()}
+    bundles = {(d.parent.name, d.name) for d in outbox.glob("ava/*/*") if (d / "READY_TO_POST").exists()}
     assert bundles == pairs
     reel = next(p for p in plan["posts"] if p["format"] == "reel")
     bundle = outbox / "ava" / reel["id"] / reel["platforms"][0]
@@ -217,4 +219,4 @@ def test_two_personas_with_the_same_post_id_get_their_own_outbox_bundles(tmp_pat
     assert released["ava"].permalink != released["bob"].permalink
     for persona in ("ava", "bob"):
         bundle = tmp_path / "outbox" / persona / f"{DAY}-1" / "instagram"
-        assert (bundle / "PUBLISHED").is_file() and (bundle / "caption.txt").read_text() == f"{persona}'s caption"
+        assert (bundle / "READY_TO_POST").is_file() and (bundle / "caption.txt").read_text() == f"{persona}'s caption"
