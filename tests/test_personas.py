@@ -83,3 +83,29 @@ def test_load_persona_from_store(tmp_path) -> None:
     store.write_bytes("uploads/ava/persona.yaml", b"timezone: nowhere\n")
     with pytest.raises(InputError, match=r"uploads/ava/persona.yaml: field 'timezone'"):
         load_persona(store, "ava")
+
+
+def test_every_problem_of_a_file_is_reported_at_once() -> None:
+    """Issue 13: one message lists every field error with the file name, not one problem per run."""
+    text = "timezone: Mars/Olympus\nposting_times: ['25:61']\nplatforms: [myspace]\nslug: other\ncolour: red\n"
+    with pytest.raises(InputError) as err:
+        parse_persona("ava", text, WHERE)
+    message = str(err.value)
+    assert message.startswith(f"{WHERE}: 5 problems")
+    for expected in (
+        "field 'timezone': 'Mars/Olympus' is not an IANA time zone",
+        "field 'posting_times': '25:61' is not a 24-hour HH:MM time",
+        "field 'platforms': unknown platform",
+        "field 'slug': is set by the folder name",
+        "field 'colour': is not a persona field",
+    ):
+        assert expected in message
+
+
+@pytest.mark.parametrize(
+    ("typo", "meant"), [("timezon", "timezone"), ("platfroms", "platforms"), ("hashtag", "hashtags"), ("Tone", "tone")]
+)
+def test_unknown_fields_get_a_did_you_mean(typo: str, meant: str) -> None:
+    with pytest.raises(InputError) as err:
+        parse_persona("ava", f"{typo}: x\n", WHERE)
+    assert f"did you mean '{meant}'?" in err.value.fix
