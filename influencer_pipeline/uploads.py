@@ -114,8 +114,8 @@ def scan(
         name = entry.key.rstrip("/").rsplit("/", 1)[-1]
         if name not in cursor.invalid:
             cursor.invalid.append(name)
-            fix = UnsafeMediaError(entry.key, entry.reason).fix
-            result.newly_invalid.append(InputError(entry.key, f"ignored: {entry.reason}", fix))
+            refused = UnsafeMediaError(entry.key, entry.reason)
+            result.newly_invalid.append(InputError(entry.key, f"ignored: {refused.rule}", refused.fix))
     for name in store.list_children(UPLOADS):
         try:
             validate_slug(name, where=f"{UPLOADS}/{name}/")

@@ -1,7 +1,10 @@
 """Upload change detection: settle window, READY marker, content-derived run keys, cost proportional to change."""
 
+import os
+
 from influencer_pipeline.media import LocalMediaStore, MediaStore
 from influencer_pipeline.uploads import UploadCursor, scan
+from tests.tripwire import FifoTripwire
 
 SETTLE = 60.0
 
@@ -126,3 +129,28 @@ def test_periodic_full_scan_catches_in_place_overwrites(tmp_path) -> None:
     full, _ = tick(store, cursor, now=400, full_scan_seconds=300)
     assert [r.persona for r in full.ready] == ["ava"]
     assert full.ready[0].run_key != first.ready[0].run_key
+
+
+def test_links_and_fifos_neither_count_nor_block_and_a_linked_persona_is_reported_once(tmp_path) -> None:
+    """Issue 11: the scan lists only regular files, so a FIFO never makes the sensor wait and a link out of
+    the root never becomes a persona or part of a dataset's content."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "photo.jpg").write_bytes(b"outside")
+    store = LocalMediaStore(tmp_path / "media")
+    upload(store, "ava", {"a.jpg": b"A", "READY": b""})
+    os.symlink(outside / "photo.jpg", tmp_path / "media" / "uploads" / "ava" / "linked.jpg")
+    os.symlink(outside, tmp_path / "media" / "uploads" / "evil")
+    tripwire = FifoTripwire(tmp_path / "media" / "uploads" / "ava" / "pipe.jpg")
+    try:
+        result, cursor = tick(store, UploadCursor(), now=1000)
+        again, _ = tick(store, cursor, now=2000)
+    finally:
+        tripwire.close()
+    assert not tripwire.opened.is_set()
+    assert [(r.persona, r.files) for r in result.ready] == [("ava", 1)]
+    assert [str(err) for err in result.newly_invalid] == [
+        "uploads/evil/: ignored: symbolic link: links are never followed, they can lead outside the media folder. "
+        "Fix: copy the file or folder itself into the media folder instead of linking to it"
+    ]
+    assert again.newly_invalid == [] and again.ready == []

@@ -23,6 +23,7 @@ from influencer_pipeline.generation.base import ImageEngine
 from influencer_pipeline.generation.comfyui import ComfyUIEngine
 from influencer_pipeline.generation.consistency import ClipEmbedder, ColorLayoutEmbedder, Embedder
 from influencer_pipeline.media import LocalMediaStore, MediaStore, S3MediaStore
+from influencer_pipeline.media.store import DEFAULT_MAX_FILE_BYTES
 from influencer_pipeline.training.base import Trainer
 from influencer_pipeline.voice.timing import Voice
 
@@ -43,9 +44,11 @@ class MediaStoreResource(dg.ConfigurableResource):
 
 class LocalMediaStoreResource(MediaStoreResource):
     root: str = "media"
+    # Links and special files are never read; no single file is read past this many bytes (docs/SETUP.md).
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
 
     def get_store(self) -> MediaStore:
-        return LocalMediaStore(self.root)
+        return LocalMediaStore(self.root, max_file_bytes=self.max_file_bytes)
 
     @property
     def engine(self) -> str:
