@@ -28,7 +28,7 @@ def build_definitions() -> dg.Definitions:
             schedules.daily_content_job,
             publishing.publish_job,
         ],
-        schedules=[schedules.content_calendar],
+        schedules=[schedules.build_content_calendar(schedules.CalendarSettings.from_env())],
         sensors=[
             sensors.upload_sensor,
             publishing.due_posts_sensor,

@@ -22,7 +22,7 @@ from influencer_pipeline.media.keys import (
     dataset_manifest_key,
     dataset_prefix,
     lora_manifest_key,
-    lora_prefix,
+    lora_version_prefix,
     samples_prefix,
     uploads_prefix,
 )
@@ -82,10 +82,11 @@ def main() -> None:
     record = json.loads(store.read_bytes(lora_manifest_key(PERSONA)))
     print(f"training run {training_run} succeeded in {training_s:.1f} s")
     summary = f"{record['steps']} steps, final loss {record['final_loss']:.3f}"
-    print(f"  LoRA (kohya)   : {store.uri(record['lora_key'])} ({summary})")
-    print(f"  checkpoints    : {len(record['checkpoints'])} in {store.uri(lora_prefix(PERSONA) + 'checkpoints/')}")
-    print(f"  loss curve     : {store.uri(lora_prefix(PERSONA) + 'loss_curve.png')}")
-    print(f"  sample grid    : {store.uri(samples_prefix(PERSONA) + 'grid.png')} (a .json beside each sample)")
+    version_folder = lora_version_prefix(PERSONA, record["version"])
+    print(f"  LoRA (kohya)   : {store.uri(record['lora_key'])} ({summary}, version {record['version']})")
+    print(f"  checkpoints    : {len(record['checkpoints'])} in {store.uri(version_folder + 'checkpoints/')}")
+    print(f"  loss curve     : {store.uri(version_folder + 'loss_curve.png')}")
+    print(f"  sample grid    : {store.uri(samples_prefix(PERSONA, record['version']) + 'grid.png')} (a .json each)")
     today = datetime.now(UTC).date().isoformat()
     print(f"\nplanning and rendering today's content ({today}) ...")
     partition = dg.MultiPartitionKey({"date": today, "persona": PERSONA})

@@ -67,6 +67,7 @@ class Persona(BaseModel):
     themes: tuple[str, ...] = ()
     test_prompts: tuple[str, ...] = ()
     lora_preset: str | None = None
+    lora_version: str | None = None  # pin (or roll back to) a trained LoRA version; unset: the latest
     active: bool = True
     # Publishing review: `required` keeps new posts as drafts until approved; `auto` schedules them at once.
     approval: Literal["required", "auto"] = "required"
@@ -123,6 +124,13 @@ class Persona(BaseModel):
             raise ValueError("must be a preset name such as 'sd15-standard'")
         return value
 
+    @field_validator("lora_version")
+    @classmethod
+    def _version_id(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-f]{6,64}", value):
+            raise ValueError("must be a LoRA version id (6-64 hex digits) as lora_weights lists it")
+        return value
+
     @property
     def trigger(self) -> str:
         """The token every caption starts with; defaults to the slug so captions are never trigger-less."""
@@ -140,6 +148,7 @@ FIELD_FIXES: dict[str, str] = {
     "posting_times": "write times as quoted 'HH:MM' strings, e.g. ['09:00', '18:30']",
     "hashtags": "write tags like 'travel' or '#travel', one per list item",
     "lora_preset": "use a file name (without .yaml) from resources/lora_presets/",
+    "lora_version": "copy a version id from lora_weights' metadata (Assets > lora_weights > versions)",
     "approval": "write 'required' (posts wait for approval) or 'auto' (posts go out at their time)",
 }
 

@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass, field
 from influencer_pipeline.errors import InputError
 from influencer_pipeline.media.keys import UPLOADS, uploads_prefix
 from influencer_pipeline.media.store import MediaObject, MediaStore, UnsafeMediaError
-from influencer_pipeline.personas import validate_slug
+from influencer_pipeline.personas import PROFILE_NAME, validate_slug
+from influencer_pipeline.profile_inputs import profile_training_digest
 
 READY_MARKER = "READY"
 
@@ -91,9 +92,21 @@ def _digest(parts: list[str]) -> str:
 
 
 def content_key(store: MediaStore, objects: list[MediaObject]) -> str:
-    """Digest of what a dataset run would read: every file's name and content, the READY marker excluded."""
-    parts = [f"{o.key}\t{store.digest(o)}" for o in objects if not o.key.endswith("/" + READY_MARKER)]
+    """Digest of what a dataset run would read: every file's name and content, the READY marker excluded.
+
+    `persona.yaml` counts only through its training fields (trigger and class word, preset): editing a theme or
+    a posting time is not a new dataset and does not retrain (profile_inputs.py).
+    """
+    parts = [f"{o.key}\t{_file_digest(store, o)}" for o in objects if not o.key.endswith("/" + READY_MARKER)]
     return _digest(sorted(parts))
+
+
+def _file_digest(store: MediaStore, obj: MediaObject) -> str:
+    folder, _, name = obj.key.rpartition("/")
+    if name != PROFILE_NAME:
+        return store.digest(obj)
+    slug = folder.rsplit("/", 1)[-1]
+    return profile_training_digest(slug, store.read_bytes(obj.key), store.uri(obj.key))
 
 
 def scan(

@@ -88,6 +88,9 @@ class ContentPlan(BaseModel):
     date: date
     posts: list[PlannedPost] = Field(min_length=1, max_length=5)
     writer: str = ""  # which writer produced it, e.g. "template" or "openrouter:<model>"
+    # Digest of the persona.yaml fields the plan was written from (profile_inputs.plan_digest): when the
+    # profile changes (a theme, a posting time), the plan is stale and can be regenerated.
+    profile_digest: str = ""
 
     @model_validator(mode="after")
     def _unique_ids(self) -> ContentPlan:

@@ -1,5 +1,6 @@
 """The `content` group: a day's plan, its images and its reels, partitioned by date x persona."""
 
+import hashlib
 import io
 import json
 from datetime import date
@@ -14,15 +15,16 @@ from influencer_pipeline.defs.errors import user_errors_are_final
 from influencer_pipeline.defs.metadata import image_preview, table
 from influencer_pipeline.defs.partitions import calendar
 from influencer_pipeline.defs.resources import ImageEngineResource, MediaStoreResource, VoiceResource, WriterResource
-from influencer_pipeline.defs.training import GPU_OP_TAGS, deploy_latest_lora, lora_weights
+from influencer_pipeline.defs.training import GPU_OP_TAGS, deploy_lora, lora_weights, resolve_lora
 from influencer_pipeline.errors import InputError
 from influencer_pipeline.generation.base import ClipRequest, GenerationRequest, LoraRef
 from influencer_pipeline.generation.comfyui import ComfyUIEngine
 from influencer_pipeline.generation.grid import render_grid
 from influencer_pipeline.generation.workflows import svd_size
-from influencer_pipeline.media.keys import content_prefix, lora_manifest_key
+from influencer_pipeline.media.keys import content_prefix
 from influencer_pipeline.media.store import MediaStore
 from influencer_pipeline.personas import load_persona
+from influencer_pipeline.profile_inputs import plan_digest
 from influencer_pipeline.publishing.brand_safety import scan
 from influencer_pipeline.video import ReelReport, ReelSpec, aspects_for, check_reel, render_reel, thumbnail
 from influencer_pipeline.voice import word_timings
@@ -38,28 +40,88 @@ def day_and_persona(context: dg.AssetExecutionContext) -> tuple[str, str]:
     return keys["date"], keys["persona"]
 
 
+def plan_key(persona: str, day: str) -> str:
+    return content_prefix(persona, day) + "plan.json"
+
+
 def read_plan(store: MediaStore, persona: str, day: str) -> ContentPlan:
-    key = content_prefix(persona, day) + "plan.json"
+    key = plan_key(persona, day)
     if not store.exists(key):
         raise InputError(key, "no content plan for this day", f"materialize content_plan for {day}|{persona} first")
     return ContentPlan.model_validate_json(store.read_bytes(key))
 
 
+def published_count(instance: dg.DagsterInstance, partition: str) -> int:
+    """How many of the day's posts went out, as the last published_posts materialization recorded (0 if none).
+
+    Content of a day with published posts is never rewritten: the media must stay what the ledger says was posted.
+    """
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("published_posts"), asset_partitions=[partition]), limit=1
+    ).records
+    if not records:
+        return 0
+    materialization = records[0].asset_materialization
+    value = materialization.metadata.get("published") if materialization else None
+    return int(value.value) if value is not None else 0
+
+
 class ContentPlanConfig(dg.Config):
     posts: int = Field(0, ge=0, le=5, description="Posts to plan; 0: one per posting time in persona.yaml.")
+    regenerate: bool = Field(
+        False,
+        description="Write a new plan even if the day has one (its images and reels follow). Without it a day "
+        "that already has a plan keeps it. Refused once a post of the day was published.",
+    )
 
 
 @dg.asset(partitions_def=calendar, group_name="content", kinds={"python", "openai"})
 def content_plan(
     context: dg.AssetExecutionContext, config: ContentPlanConfig, media: MediaStoreResource, writer: WriterResource
 ) -> dg.MaterializeResult:
-    """The day's posts: theme, image prompts, caption per platform, hashtags, publish time, voice-over for reels."""
+    """The day's posts: theme, image prompts, caption per platform, hashtags, publish time, voice-over for reels.
+
+    A day that already has a plan keeps it unless `regenerate` is set; a plan written from an older persona.yaml
+    (themes, times, platforms, voice) is shown as stale.
+    """
     day, slug = day_and_persona(context)
     store = media.get_store()
     with user_errors_are_final():
         persona = load_persona(store, slug)
+        current = plan_digest(persona)
+        existing = read_plan(store, slug, day) if store.exists(plan_key(slug, day)) else None
+        if existing is not None and config.regenerate:
+            published = published_count(context.instance, str(context.partition_key))
+            if published:
+                raise InputError(
+                    f"content_plan {day}|{slug}: regenerate",
+                    f"{published} post(s) of this day were already published; a new plan would make the day's "
+                    "media differ from what was posted",
+                    "plan another day, or copy the idea into a day that has not been published",
+                )
+        if existing is not None and not config.regenerate:
+            stale = existing.profile_digest != current
+            context.log.info(
+                f"{day}|{slug} already has a plan: kept"
+                + (" (stale: persona.yaml changed since; launch with regenerate: true to rewrite it)" if stale else "")
+            )
+            return plan_result(existing, kept=True, stale=stale)
         plan, usage = writer.get_writer().plan_day(persona, date.fromisoformat(day), config.posts or None)
-    store.write_bytes(content_prefix(slug, day) + "plan.json", plan.model_dump_json(indent=2).encode())
+    plan = plan.model_copy(update={"profile_digest": current})
+    store.write_bytes(plan_key(slug, day), plan.model_dump_json(indent=2).encode())
+    result = plan_result(plan, kept=False, stale=False)
+    return dg.MaterializeResult(
+        metadata={
+            **(result.metadata or {}),
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "cost_usd": dg.MetadataValue.float(float(usage.cost_usd)),
+            "writer_attempts": usage.attempts,
+        }
+    )
+
+
+def plan_result(plan: ContentPlan, kept: bool, stale: bool) -> dg.MaterializeResult:
     rows = [
         {
             "time": post.publish_at.strftime("%H:%M %Z"),
@@ -78,22 +140,43 @@ def content_plan(
             "posts": len(plan.posts),
             "reels": sum(p.format == "reel" for p in plan.posts),
             "writer": plan.writer,
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "cost_usd": dg.MetadataValue.float(float(usage.cost_usd)),
-            "writer_attempts": usage.attempts,
+            "kept_existing": kept,
+            "stale": stale,
         }
     )
 
 
+def digest_of(*parts: bytes | str) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode() if isinstance(part, str) else part)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def rendered_from(store: MediaStore, manifest_key: str) -> str | None:
+    """The input digest a folder of renders was made from (None: never rendered, or from another layout)."""
+    if not store.exists(manifest_key):
+        return None
+    return json.loads(store.read_bytes(manifest_key)).get("inputs")
+
+
 class PostImagesConfig(dg.Config):
-    steps: int = Field(25, ge=1, le=150)
-    cfg: float = Field(7.0, ge=1, le=30)
+    steps: int = Field(25, ge=1, le=150, description="Sampling steps (1-150).")
+    cfg: float = Field(7.0, ge=1, le=30, description="Classifier-free guidance scale (1-30).")
     image_size: int = Field(1024, ge=256, le=2048, multiple_of=8, description="Square posts and carousels.")
     reel_width: int = Field(768, ge=256, le=2048, multiple_of=8, description="Stills for reels are 9:16.")
     reel_height: int = Field(1344, ge=256, le=2048, multiple_of=8)
     lora_strength: float = Field(0.9, ge=-10, le=10)
     negative_prompt: str = "lowres, blurry, deformed hands, extra fingers, watermark, text, logo"
+    lora_version: str = Field(
+        "",
+        description="Render with this LoRA version (an id from lora_weights' versions table); empty: the "
+        "persona.yaml lora_version pin, else the latest successfully trained version.",
+    )
+    regenerate: bool = Field(
+        False, description="Render again even if the images were already made from this plan and LoRA version."
+    )
 
 
 @dg.asset(
@@ -111,15 +194,23 @@ def post_images(
     media: MediaStoreResource,
     image_engine: ImageEngineResource,
 ) -> dg.MaterializeResult:
-    """Every image the plan asks for, rendered with the persona's latest LoRA; parameters stored beside each one."""
+    """Every image the plan asks for, rendered with the persona's active LoRA version; parameters (and the
+    version) stored beside each one. Images already rendered from the same plan and version are kept."""
     day, slug = day_and_persona(context)
     store = media.get_store()
+    prefix = content_prefix(slug, day) + "images/"
     with user_errors_are_final():
+        persona = load_persona(store, slug)
         plan = read_plan(store, slug, day)
-        if not store.exists(lora_manifest_key(slug)):
-            raise InputError(lora_manifest_key(slug), "the persona has no trained LoRA", "materialize lora_weights")
+        lora_record = resolve_lora(store, persona, config.lora_version, "post_images config: lora_version")
+        version = lora_record["version"]
+        render_settings = config.model_dump(exclude={"regenerate", "lora_version"})
+        inputs = digest_of(plan.model_dump_json(), version, json.dumps(render_settings, sort_keys=True))
+        if not config.regenerate and rendered_from(store, prefix + "manifest.json") == inputs:
+            context.log.info(f"images of {day}|{slug} were already rendered from this plan with LoRA {version}: kept")
+            return images_result(store, prefix, kept=True)
         engine = image_engine.get_engine()
-        lora = deploy_latest_lora(store, slug, image_engine, engine)
+        lora = deploy_lora(store, lora_record, image_engine, engine)
         jobs = [
             (
                 post.id,
@@ -137,27 +228,44 @@ def post_images(
             for post in plan.posts
             for n, prompt in enumerate(post.image_prompts)
         ]
-        context.log.info(f"rendering {len(jobs)} images for {len(plan.posts)} posts with {engine.name}")
+        context.log.info(
+            f"rendering {len(jobs)} images for {len(plan.posts)} posts with {engine.name}, LoRA version {version}"
+        )
         images = engine.generate(
             [request for _, _, request in jobs], progress=lambda done, total: context.log.info(f"image {done}/{total}")
         )
-    prefix = content_prefix(slug, day) + "images/"
-    thumbs, rows = [], []
+    names = []
     for (post_id, n, _), image in zip(jobs, images, strict=True):
         name = f"{post_id}-{n}"
+        params = {**image.params, "lora_version": version}
         store.write_bytes(f"{prefix}{name}.png", image.png)
-        store.write_bytes(f"{prefix}{name}.json", json.dumps(image.params, indent=2, default=str).encode())
-        thumbs.append(Image.open(io.BytesIO(image.png)).convert("RGB"))
-        rows.append({"image": name, "seed": image.params.get("seed"), "prompt": image.params.get("prompt")})
+        store.write_bytes(f"{prefix}{name}.json", json.dumps(params, indent=2, default=str).encode())
+        names.append(name)
+    manifest = {"inputs": inputs, "lora_version": version, "engine": engine.name, "lora": lora, "images": names}
+    store.write_bytes(prefix + "manifest.json", json.dumps(manifest, indent=2).encode())
+    return images_result(store, prefix, kept=False)
+
+
+def images_result(store: MediaStore, prefix: str, kept: bool) -> dg.MaterializeResult:
+    """Metadata for a day's images, read back from the store (so a kept folder shows exactly as a new one)."""
+    manifest = json.loads(store.read_bytes(prefix + "manifest.json"))
+    thumbs, rows = [], []
+    for name in manifest["images"]:
+        params = json.loads(store.read_bytes(f"{prefix}{name}.json"))
+        thumbs.append(Image.open(io.BytesIO(store.read_bytes(f"{prefix}{name}.png"))).convert("RGB"))
+        rows.append({"image": name, "seed": params.get("seed"), "prompt": params.get("prompt")})
     return dg.MaterializeResult(
         metadata={
-            "images": len(images),
-            "engine": engine.name,
-            "lora": lora,
+            "images": len(rows),
+            "engine": manifest["engine"],
+            "lora": manifest["lora"],
+            "lora_version": manifest["lora_version"],
+            "kept_existing": kept,
             "preview": image_preview(render_grid(thumbs, [r["image"] for r in rows], cell=160), "images"),
             "parameters": table(rows, [("image", "string"), ("seed", "int"), ("prompt", "string")]),
             "folder": dg.MetadataValue.path(store.uri(prefix)),
-        }
+        },
+        tags={"lora_version": manifest["lora_version"]},
     )
 
 

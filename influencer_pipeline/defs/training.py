@@ -5,7 +5,9 @@ import io
 import json
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Literal, get_args
 
 import dagster as dg
 from PIL import Image
@@ -20,13 +22,28 @@ from influencer_pipeline.errors import InputError
 from influencer_pipeline.generation.base import GenerationRequest, ImageEngine, LoraRef
 from influencer_pipeline.generation.consistency import consistency_score
 from influencer_pipeline.generation.grid import render_grid
-from influencer_pipeline.media.keys import dataset_prefix, lora_manifest_key, lora_prefix, samples_prefix
+from influencer_pipeline.media.keys import (
+    dataset_prefix,
+    lora_file_key,
+    lora_manifest_key,
+    lora_version_prefix,
+    samples_prefix,
+    uploads_prefix,
+)
 from influencer_pipeline.media.store import MediaStore
 from influencer_pipeline.media.transfer import download_prefix, fingerprint_files
 from influencer_pipeline.personas import Persona, load_persona
 from influencer_pipeline.training.base import TrainingError, TrainingProgress, TrainingRequest
 from influencer_pipeline.training.loss_curve import render_loss_curve
-from influencer_pipeline.training.presets import LoraPreset, load_preset
+from influencer_pipeline.training.presets import (
+    OPTIMIZERS,
+    LoraPreset,
+    LrScheduler,
+    field_range,
+    list_presets,
+    load_preset,
+)
+from influencer_pipeline.training.versions import active_version, list_versions, read_version, save_version, version_id
 
 GPU_TAGS = {"gpu": "1"}  # run tag: the instance's run-tag concurrency limit counts GPU runs by it
 GPU_OP_TAGS = {
@@ -50,31 +67,57 @@ GPU_OP_TAGS = {
 LOG_INTERVAL_S = 10.0
 
 
+PRESET_NAMES = tuple(list_presets())
+PresetChoice = Literal.__getitem__(("", *PRESET_NAMES))  # the launchpad's choice list, read from the presets folder
+
+
+def _override(field: str, what: str) -> Any:
+    """An optional override of a preset field, with the preset's own range, so the schema shows it."""
+    low, high = field_range(field)
+    bounds = f" ({low:g} to {high:g})" if high is not None else f" (at least {low:g})" if low is not None else ""
+    # The range is checked by the preset when the step starts, as an InputError that fails at once and is never
+    # retried; a pydantic bound here would fail config construction, which Dagster retries like a crash.
+    return Field(None, description=f"{what}{bounds}; unset: the preset's value.")
+
+
 class LoraTrainingConfig(dg.Config):
     """Pick a preset (empty: the persona's `lora_preset`, else the trainer's default) and override its fields.
 
     Every override is checked against the preset's ranges before any work starts.
     """
 
-    preset: str = ""
-    base_model: str | None = None
-    resolution: int | None = None
-    epochs: int | None = None
-    learning_rate: float | None = None
-    batch_size: int | None = None
-    network_dim: int | None = None
-    network_alpha: int | None = None
-    optimizer: str | None = None
-    lr_scheduler: str | None = None
-    repeats: int | None = None
-    save_every_n_epochs: int | None = None
-    seed: int | None = None
-    mixed_precision: str | None = None
+    preset: PresetChoice = Field(  # type: ignore[valid-type]
+        "",
+        description=f"One of {list(PRESET_NAMES)} (resources/lora_presets/); empty: the persona's lora_preset, "
+        "else the trainer's default (embedded-tiny, or sd15-standard with kohya).",
+    )
+    base_model: str | None = Field(
+        None, description="Checkpoint file, diffusers folder or 'tiny' (embedded); unset: the preset's."
+    )
+    resolution: int | None = _override("resolution", "Training resolution in pixels")
+    epochs: int | None = _override("epochs", "Passes over the dataset")
+    learning_rate: float | None = _override("learning_rate", "UNet learning rate")
+    batch_size: int | None = _override("batch_size", "Images per step")
+    network_dim: int | None = _override("network_dim", "LoRA rank")
+    network_alpha: int | None = _override("network_alpha", "LoRA alpha")
+    optimizer: str | None = Field(
+        None, description=f"A kohya optimizer, one of {list(OPTIMIZERS)}; unset: the preset's."
+    )
+    lr_scheduler: str | None = Field(None, description=f"One of {list(get_args(LrScheduler))}; unset: the preset's.")
+    repeats: int | None = _override("repeats", "Repeats of each image per epoch")
+    save_every_n_epochs: int | None = _override("save_every_n_epochs", "Keep a checkpoint every N epochs")
+    seed: int | None = _override("seed", "Random seed")
+    mixed_precision: str | None = Field(None, description="'no', 'fp16' or 'bf16'; unset: the preset's.")
     time_limit_s: float | None = Field(None, description="Stop and fail the step after this many seconds.")
     resume: bool = Field(True, description="Continue from the last saved training state of an identical attempt.")
+    retrain: bool = Field(
+        False,
+        description="Train again even when this exact version (same images, captions and preset) already exists; "
+        "otherwise the existing version is reused and made the latest.",
+    )
 
     def overrides(self) -> dict[str, object]:
-        skip = {"preset", "time_limit_s", "resume"}
+        skip = {"preset", "time_limit_s", "resume", "retrain"}
         return {k: v for k, v in self.model_dump().items() if k not in skip and v is not None}
 
 
@@ -144,12 +187,19 @@ def train_lora(
 
     work = Path(trainer.work_dir) / slug
     dataset = download_prefix(store, dataset_prefix(slug), work / "dataset", (".png", ".txt"))
-    attempt = hashlib.sha256((preset.model_dump_json() + fingerprint_files(dataset)).encode()).hexdigest()[:16]
-    context.log.info(f"training {slug} with {engine.name}, preset {preset.name}, {len(dataset) // 2} images")
+    version = version_id(preset.model_dump_json(), fingerprint_files(dataset))
+    existing = read_version(store, slug, version)
+    if existing and not config.retrain:
+        context.log.info(f"version {version} was trained from these exact images, captions and preset: reusing it")
+        save_version(store, slug, existing)  # it becomes the latest again (e.g. after trying another preset)
+        return version_result(store, existing, reused=True)
+    context.log.info(
+        f"training {slug} version {version} with {engine.name}, preset {preset.name}, {len(dataset) // 2} images"
+    )
     request = TrainingRequest(
         persona=slug,
         dataset_dir=work / "dataset",
-        output_dir=work / f"train-{attempt}",
+        output_dir=work / f"train-{version}",
         preset=preset,
         output_name=slug,
         resume=config.resume,
@@ -163,8 +213,8 @@ def train_lora(
         # a Python exception in the trainer, a time limit or a termination recurs: fail now, not after the retries
         raise dg.Failure(description=str(err), allow_retries=False) from err
 
-    prefix = lora_prefix(slug)
-    lora_key = f"{prefix}{slug}.safetensors"
+    prefix = lora_version_prefix(slug, version)
+    lora_key = lora_file_key(slug, version)
     store.write_bytes(lora_key, result.lora_path.read_bytes())
     for checkpoint in result.checkpoints:
         store.write_bytes(f"{prefix}checkpoints/{checkpoint.name}", checkpoint.read_bytes())
@@ -173,44 +223,97 @@ def train_lora(
         store.write_bytes(f"{prefix}loss_curve.png", curve)
     record = {
         "persona": slug,
+        "version": version,
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "engine": result.engine,
+        "base_model": result.base_model,
         "preset": preset.model_dump(),
         "lora_key": lora_key,
         "lora_sha256": hashlib.sha256(result.lora_path.read_bytes()).hexdigest(),
+        "file_size_bytes": result.lora_path.stat().st_size,
         "checkpoints": [c.name for c in result.checkpoints],
+        "loss_curve_key": f"{prefix}loss_curve.png" if curve else None,
+        "images": len(dataset) // 2,
         "steps": result.steps,
         "epochs": result.epochs,
         "final_loss": result.final_loss,
         "duration_s": result.duration_s,
         "resumed_from": result.resumed_from,
     }
-    store.write_bytes(lora_manifest_key(slug), json.dumps(record, indent=2).encode())
+    save_version(store, slug, record)  # written last: a version with a manifest is complete
+    return version_result(store, record, reused=False, curve=curve)
+
+
+def version_result(store: MediaStore, record: dict[str, Any], reused: bool, curve: bytes = b"") -> dg.MaterializeResult:
+    """What lora_weights shows: the version it made (or reused), its numbers, and every version kept."""
+    slug, version = record["persona"], record["version"]
+    versions = list_versions(store, slug)
+    rows = [
+        {
+            "version": r["version"],
+            "trained_at": r.get("trained_at", ""),
+            "preset": r.get("preset", {}).get("name", ""),
+            "epochs": r.get("epochs"),
+            "final_loss": r.get("final_loss"),
+            "latest": "yes" if r["version"] == version else "",
+        }
+        for r in reversed(versions)
+    ]
     metadata: dict[str, object] = {
-        "engine": result.engine,
-        "base_model": result.base_model,
-        "preset": preset.name,
-        "steps": result.steps,
-        "epochs": result.epochs,
-        "final_loss": dg.MetadataValue.float(float(result.final_loss or 0.0)),
-        "duration_s": round(result.duration_s, 1),
-        "file_size_bytes": result.lora_path.stat().st_size,
-        "checkpoints": len(result.checkpoints),
-        "lora": dg.MetadataValue.path(store.uri(lora_key)),
+        "version": version,
+        "reused": reused,
+        "engine": record["engine"],
+        "base_model": record.get("base_model", ""),
+        "preset": record["preset"]["name"],
+        "steps": record["steps"],
+        "epochs": record["epochs"],
+        "final_loss": dg.MetadataValue.float(float(record["final_loss"] or 0.0)),
+        "duration_s": round(record["duration_s"], 1),
+        "file_size_bytes": record.get("file_size_bytes", 0),
+        "checkpoints": len(record["checkpoints"]),
+        "lora": dg.MetadataValue.path(store.uri(record["lora_key"])),
+        "version_folder": dg.MetadataValue.path(store.uri(lora_version_prefix(slug, version))),
+        "versions": table(
+            rows,
+            [
+                ("version", "string"),
+                ("trained_at", "string"),
+                ("preset", "string"),
+                ("epochs", "int"),
+                ("final_loss", "float"),
+                ("latest", "string"),
+            ],
+        ),
     }
     if curve:
         metadata["loss_curve"] = image_preview(curve, "loss curve")
-    if result.resumed_from:
-        metadata["resumed_from"] = result.resumed_from
-    return dg.MaterializeResult(metadata=metadata)
+    if record.get("resumed_from"):
+        metadata["resumed_from"] = record["resumed_from"]
+    return dg.MaterializeResult(metadata=metadata, tags={"lora_version": version})
 
 
-def deploy_latest_lora(store: MediaStore, slug: str, image_engine: ImageEngineResource, engine: ImageEngine) -> str:
-    """Copy the persona's current LoRA to the engine under a content-derived name, so no cache serves a stale one."""
-    record = json.loads(store.read_bytes(lora_manifest_key(slug)))
+def deploy_lora(
+    store: MediaStore, record: dict[str, Any], image_engine: ImageEngineResource, engine: ImageEngine
+) -> str:
+    """Copy a LoRA version to the engine under a content-derived name, so no cache serves a stale one."""
+    slug = record["persona"]
     local = Path(image_engine.work_dir) / slug / "deploy" / f"{slug}-{record['lora_sha256'][:8]}.safetensors"
     local.parent.mkdir(parents=True, exist_ok=True)
     local.write_bytes(store.read_bytes(record["lora_key"]))
     return engine.deploy_lora(local, local.name, group=slug)  # group: the persona's older versions are retired
+
+
+def resolve_lora(store: MediaStore, persona: Persona, pin: str, pinned_by: str) -> dict[str, Any]:
+    """The LoRA version content renders with: the run config's pin, persona.yaml's `lora_version`, else latest."""
+    where = pinned_by if pin else f"{store.uri(uploads_prefix(persona.slug) + 'persona.yaml')}: field 'lora_version'"
+    record = active_version(store, persona.slug, pin or persona.lora_version, where)
+    if record is None:
+        raise InputError(
+            lora_manifest_key(persona.slug),
+            "the persona has no trained LoRA",
+            "materialize lora_weights (the upload sensor starts it once the dataset passes its checks)",
+        )
+    return record
 
 
 def sample_prompts(config: LoraSamplesConfig, persona: Persona) -> list[str]:
@@ -272,12 +375,13 @@ def render_samples(
         ]
 
     engine.check_requests(sample_requests(f"{slug}.safetensors"))  # sizes refused before any LoRA is copied
-    lora_name = deploy_latest_lora(store, slug, image_engine, engine)
+    record = resolve_lora(store, persona, "", "lora_samples")  # the latest version: what was just trained
+    lora_name = deploy_lora(store, record, image_engine, engine)
     requests = sample_requests(lora_name)
     context.log.info(f"rendering {len(requests)} samples with {engine.name} at {size}x{size}")
     images = engine.generate(requests, progress=lambda done, total: context.log.info(f"sample {done}/{total}"))
 
-    prefix = samples_prefix(slug)
+    prefix = samples_prefix(slug, record["version"])
     rendered = []
     for i, image in enumerate(images):
         store.write_bytes(f"{prefix}{i:02d}.png", image.png)
@@ -302,6 +406,7 @@ def render_samples(
             "grid": image_preview(grid, "sample grid"),
             "prompts": table(rows, [("prompt", "string"), ("seed", "int")]),
             "lora": lora_name,
+            "lora_version": record["version"],
             "samples_folder": dg.MetadataValue.path(store.uri(prefix)),
         }
     )

@@ -32,17 +32,36 @@ def contact_sheet_key(persona: str) -> str:
 
 
 def lora_prefix(persona: str) -> str:
-    """The trained LoRA (`<persona>.safetensors`), epoch checkpoints, loss curve and training record."""
+    """Every trained LoRA of the persona, one folder per version under `versions/`."""
     return f"{PERSONAS}/{persona}/lora/"
 
 
+def lora_versions_prefix(persona: str) -> str:
+    return f"{lora_prefix(persona)}versions/"
+
+
+def lora_version_prefix(persona: str, version: str) -> str:
+    """One LoRA version, never overwritten: `<persona>.safetensors`, `checkpoints/`, `loss_curve.png`,
+    `manifest.json` (written last, so a version with a manifest is complete) and `samples/`."""
+    return f"{lora_versions_prefix(persona)}{version}/"
+
+
+def lora_file_key(persona: str, version: str) -> str:
+    return f"{lora_version_prefix(persona, version)}{persona}.safetensors"
+
+
+def lora_version_manifest_key(persona: str, version: str) -> str:
+    return f"{lora_version_prefix(persona, version)}manifest.json"
+
+
 def lora_manifest_key(persona: str) -> str:
+    """The latest successful version's record (a copy of its `manifest.json`): the default active version."""
     return f"{PERSONAS}/{persona}/manifests/lora_weights.json"
 
 
-def samples_prefix(persona: str) -> str:
-    """Validation renders with the persona's LoRA: `<n>.png` with `<n>.json` parameters beside, and `grid.png`."""
-    return f"{PERSONAS}/{persona}/samples/"
+def samples_prefix(persona: str, version: str) -> str:
+    """Validation renders with one LoRA version: `<n>.png` with `<n>.json` parameters beside, and `grid.png`."""
+    return f"{lora_version_prefix(persona, version)}samples/"
 
 
 def content_prefix(persona: str, day: str) -> str:

@@ -7,22 +7,26 @@ import json
 from datetime import UTC, datetime
 
 import dagster as dg
+import pytest
+from dagster._core.definitions.partitions.context import partition_loading_context
 from PIL import Image, ImageStat
 
 from influencer_pipeline.content.plan import ContentPlan
 from influencer_pipeline.definitions import defs
 from influencer_pipeline.defs.content import content_plan, post_images, post_videos
+from influencer_pipeline.defs.datasets import training_images
+from influencer_pipeline.defs.partitions import calendar, calendar_days
 from influencer_pipeline.defs.resources import (
     ImageEngineResource,
     VoiceResource,
     WriterResource,
 )
-from influencer_pipeline.defs.schedules import content_calendar
+from influencer_pipeline.defs.schedules import CalendarSettings, build_content_calendar, plan_persona
 from influencer_pipeline.media import LocalMediaStore
 from influencer_pipeline.video import thumbnail
 from tests.content.llm_standin import LLMStandin, Status
-from tests.defs.conftest import DAY, key, media
-from tests.defs.test_datasets import failure_text
+from tests.defs.conftest import DAY, PERSONA_YAML, key, media
+from tests.defs.test_datasets import SAMPLE, failure_text
 from tests.generation.comfy_standin import ComfyStandin
 
 
@@ -56,7 +60,12 @@ def test_template_plan_is_written_and_shown_as_a_calendar(trained) -> None:
 
 def test_openai_writer_usage_is_recorded(trained) -> None:
     with LLMStandin(api_key="sk-test", models=("m",)) as llm:
-        result = run(trained, [content_plan], WriterResource(base_url=llm.url, api_key="sk-test", model="m"))
+        result = run(
+            trained,
+            [content_plan],
+            WriterResource(base_url=llm.url, api_key="sk-test", model="m"),
+            run_config=dg.RunConfig(ops={"content_plan": {"config": {"regenerate": True}}}),
+        )
         assert len(llm.received) == 1
     assert result.success, failure_text(result)
     meta = result.asset_materializations_for_node("content_plan")[0].metadata
@@ -86,38 +95,155 @@ def test_post_images_use_the_persona_lora_and_record_parameters(trained) -> None
     assert len(pngs) == expected
     params = json.loads(trained.read_bytes(pngs[0].replace(".png", ".json")))
     assert params["loras"] and params["loras"][0]["name"].startswith("ava-") and "seed" in params
+    latest = json.loads(trained.read_bytes("personas/ava/manifests/lora_weights.json"))["version"]
+    assert params["lora_version"] == latest, "each image records the LoRA version it was rendered with"
     meta = result.asset_materializations_for_node("post_images")[0].metadata
     assert meta["images"].value == expected and "data:image/png;base64," in meta["preview"].value
+    assert meta["lora_version"].value == latest and meta["kept_existing"].value is False
 
 
-def test_schedule_tick_targets_today_for_every_active_persona(tmp_path) -> None:
-    store = LocalMediaStore(tmp_path / "media")
-    store.write_bytes("uploads/ava/persona.yaml", b"trigger_word: ohwx\n")
-    store.write_bytes("uploads/bob/persona.yaml", b"active: false\n")
-    store.write_bytes("uploads/cy/persona.yaml", b"timezone: Mars/Base\n")
+def tick(store: LocalMediaStore, instance: dg.DagsterInstance, at: datetime, settings=None) -> list[dg.RunRequest]:
+    schedule = build_content_calendar(settings or CalendarSettings())
+    with dg.build_schedule_context(
+        instance=instance,
+        scheduled_execution_time=at,
+        resources={"media": media(store)},
+        repository_def=defs.get_repository_def(),
+    ) as context:
+        return list(schedule.evaluate_tick(context).run_requests or [])
+
+
+def plan(store, instance, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
+    """Run what the schedule asked for (content_plan: the whole job runs in the dev-server test)."""
+    return dg.materialize(
+        [content_plan],
+        partition_key=request.partition_key,
+        instance=instance,
+        resources={"media": media(store), "writer": WriterResource()},
+        run_config=request.run_config or None,
+    )
+
+
+TICK = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
+TOMORROW = "2026-11-24"
+
+
+def test_schedule_prepares_tomorrow_for_each_persona_and_survives_a_broken_one(trained) -> None:
+    """Tomorrow, not today, so there is a review window; a persona.yaml that does not load (a non-string key,
+    a bad time zone) or a persona without a LoRA is logged and skipped, and the others are still planned."""
+    trained.write_bytes("uploads/bob/persona.yaml", b"active: false\n")
+    trained.write_bytes("uploads/cy/persona.yaml", b"timezone: Mars/Base\n")
+    trained.write_bytes("uploads/eve/persona.yaml", b"1: 2\n")
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("personas", ["ava", "bob", "cy", "dee"])
-        tick = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
-        with dg.build_schedule_context(
-            instance=instance,
-            scheduled_execution_time=tick,
-            resources={"media": media(store)},
-            repository_def=defs.get_repository_def(),
-        ) as context:
-            requests = content_calendar.evaluate_tick(context).run_requests
-        for request in requests:  # plan each requested partition (the whole job runs in the dev-server test)
-            result = dg.materialize(
-                [content_plan],
-                partition_key=request.partition_key,
-                instance=instance,
-                resources={"media": media(store), "writer": WriterResource()},
+        instance.add_dynamic_partitions("personas", ["ava", "bob", "cy", "dee", "eve"])
+        requests = tick(trained, instance, TICK)
+        for request in requests:
+            assert plan(trained, instance, request).success
+    assert [r.partition_key for r in requests] == [key("ava", TOMORROW)]
+    assert trained.exists(f"personas/ava/content/{TOMORROW}/plan.json")
+    assert not trained.exists(f"personas/dee/content/{TOMORROW}/plan.json")  # no dataset, no LoRA: not planned
+    assert build_content_calendar(CalendarSettings()).default_status == dg.DefaultScheduleStatus.RUNNING
+
+
+def test_schedule_keeps_a_planned_day_and_regenerates_it_only_when_stale_and_unpublished(trained) -> None:
+    day = "2026-11-26"
+    at = datetime(2026, 11, 25, 6, 0, tzinfo=UTC)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("personas", ["ava"])
+        [first] = tick(trained, instance, at)
+        assert plan(trained, instance, first).success
+        before = trained.read_bytes(f"personas/ava/content/{day}/plan.json")
+        assert tick(trained, instance, at) == [], "a day already planned is not planned again"
+
+        trained.write_bytes("uploads/ava/persona.yaml", PERSONA_YAML.replace(b"espresso", b"sailing"))
+        try:
+            [stale] = tick(trained, instance, at)
+            assert stale.run_config == {"ops": {"content_plan": {"config": {"regenerate": True}}}}
+            assert stale.run_key != first.run_key
+            regenerated = plan(trained, instance, stale)
+            assert regenerated.success
+            assert trained.read_bytes(f"personas/ava/content/{day}/plan.json") != before
+            assert tick(trained, instance, at) == [], "once regenerated, the day is current again"
+
+            trained.write_bytes("uploads/ava/persona.yaml", PERSONA_YAML.replace(b"espresso", b"hiking"))
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization("published_posts", partition=str(key("ava", day)), metadata={"published": 1})
             )
-            assert result.success
-    assert [r.partition_key for r in requests] == [key("ava", DAY), key("dee", DAY)]
-    assert store.exists(f"personas/ava/content/{DAY}/plan.json")
-    assert store.exists(f"personas/dee/content/{DAY}/plan.json")
-    assert not store.exists(f"personas/bob/content/{DAY}/plan.json")  # inactive
-    assert content_calendar.default_status == dg.DefaultScheduleStatus.RUNNING
+            assert tick(trained, instance, at) == [], "a day with published posts is never re-rendered"
+        finally:
+            trained.write_bytes("uploads/ava/persona.yaml", PERSONA_YAML)
+
+
+def test_schedule_names_the_real_reason_a_persona_cannot_be_planned(tmp_path) -> None:
+    """A 3-photo persona fails min_images: the schedule says so, not "no trained LoRA"."""
+    store = LocalMediaStore(tmp_path / "media")
+    for i, path in enumerate(sorted(SAMPLE.glob("ava_0*.jpg"))[:3]):
+        store.write_bytes(f"uploads/fay/{i}.jpg", path.read_bytes())
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("personas", ["fay"])
+        curated = dg.materialize(
+            [training_images],
+            partition_key="fay",
+            instance=instance,
+            resources={"media": media(store)},
+            raise_on_error=False,
+        )
+        assert not curated.success
+        request, reason = plan_persona(instance, store, "fay", TOMORROW)
+    assert request is None
+    assert "min_images" in reason and "3 usable images" in reason and "uploads/fay/" in reason
+
+
+def test_a_day_with_a_plan_keeps_it_unless_regenerate_is_asked(trained) -> None:
+    day = "2026-11-27"
+    assert run(trained, [content_plan], partition=key(day=day)).success
+    before = trained.read_bytes(f"personas/ava/content/{day}/plan.json")
+    with LLMStandin(api_key="sk-test", models=("m",)) as llm:
+        writer = WriterResource(base_url=llm.url, api_key="sk-test", model="m")
+        kept = run(trained, [content_plan], writer, partition=key(day=day))
+        assert llm.received == [], "no writer call for a day that has its plan"
+        regenerate = dg.RunConfig(ops={"content_plan": {"config": {"regenerate": True}}})
+        rewritten = run(trained, [content_plan], writer, run_config=regenerate, partition=key(day=day))
+        assert len(llm.received) == 1
+    assert kept.success and rewritten.success
+    assert kept.asset_materializations_for_node("content_plan")[0].metadata["kept_existing"].value is True
+    assert trained.read_bytes(f"personas/ava/content/{day}/plan.json") != before
+
+
+def test_the_calendar_reaches_the_horizon() -> None:
+    """The Materialize dialog must accept tomorrow and the next two weeks, not answer "Could not find partition"."""
+    now = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+    date_dimension = next(d for d in calendar.partitions_defs if d.name == "date").partitions_def
+    with partition_loading_context(effective_dt=now):  # "now", as Dagster's own tests pin it
+        assert date_dimension.get_last_partition_key() == "2026-12-20"
+        assert calendar_days(3).get_last_partition_key() == "2026-12-09"
+    assert CalendarSettings.from_env({"CONTENT_LEAD_DAYS": "2", "CONTENT_TIMEZONE": "Europe/Rome"}).lead_days == 2
+    with pytest.raises(ValueError, match="CONTENT_LEAD_DAYS=20"):
+        CalendarSettings.from_env({"CONTENT_LEAD_DAYS": "20"})
+
+
+def test_images_use_the_pinned_lora_version_or_refuse_an_unknown_pin(trained) -> None:
+    day = "2026-11-28"
+    latest = json.loads(trained.read_bytes("personas/ava/manifests/lora_weights.json"))["version"]
+    small = {"steps": 1, "image_size": 256, "reel_width": 256, "reel_height": 448}
+    unknown = dict(small, lora_version="abcdef123456")
+    result = run(
+        trained,
+        [content_plan, post_images],
+        run_config=dg.RunConfig(ops={"post_images": {"config": unknown}}),
+        partition=key(day=day),
+    )
+    assert not result.success
+    text = failure_text(result)
+    assert "post_images config: lora_version: LoRA version 'abcdef123456' does not exist" in text and latest in text
+
+    pinned = dict(small, lora_version=latest[:8])
+    result = run(
+        trained, [post_images], run_config=dg.RunConfig(ops={"post_images": {"config": pinned}}), partition=key(day=day)
+    )
+    assert result.success, failure_text(result)
+    params = json.loads(trained.read_bytes(f"personas/ava/content/{day}/images/{day}-1-0.json"))
+    assert params["lora_version"] == latest
 
 
 def test_post_videos_render_checked_reels_with_voice_and_subtitles(trained) -> None:

@@ -108,14 +108,31 @@ def test_missing_caption_model_fails_with_the_fix(tmp_path) -> None:
     assert "no-model" in message and "CAPTION_MODEL" in message
 
 
-def test_too_few_images_blocks_captions(tmp_path) -> None:
+def test_too_few_images_fail_the_dataset_and_nothing_downstream_runs(tmp_path) -> None:
+    """A 3-to-5-photo persona is shown as failed (not green with a failed check), with the fix as the message,
+    and automation does not caption it."""
     store = LocalMediaStore(tmp_path / "media")
     for i, path in enumerate(sorted(SAMPLE.glob("ava_0*.jpg"))[:5]):
         store.write_bytes(f"uploads/ava/{i}.jpg", path.read_bytes())
-    result = run(LocalMediaStoreResource(root=str(store.root)))
+    assets = [training_images, image_captions]
+    resources = {"media": LocalMediaStoreResource(root=str(store.root)), "captioner": CaptionerResource()}
+    graph = dg.Definitions(assets=assets, resources=resources)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("personas", ["ava"])
+        before = dg.evaluate_automation_conditions(defs=graph, instance=instance)
+        result = dg.materialize(
+            assets, partition_key="ava", instance=instance, resources=resources, raise_on_error=False
+        )
+        after = dg.evaluate_automation_conditions(defs=graph, instance=instance, cursor=before.cursor)
     assert not result.success
     assert checks(result)["min_images"] == (False, "ERROR")
+    assert not result.asset_materializations_for_node("training_images"), "a failed dataset is not materialized"
     assert not result.asset_materializations_for_node("image_captions")
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failure.step_key == "training_images"
+    description = failure.event_specific_data.user_failure_data.description
+    assert "5 usable images" in description and "at least 10" in description and "uploads/ava/" in description
+    assert after.total_requested == 0, "automation must not caption a dataset that failed its blocking check"
 
 
 def test_bad_persona_yaml_fails_before_any_work(tmp_path) -> None:
@@ -127,6 +144,12 @@ def test_bad_persona_yaml_fails_before_any_work(tmp_path) -> None:
     message = failure_text(result)
     assert "uploads/ava/persona.yaml: field 'timezone'" in message and "Fix:" in message
     assert list(store.list("personas/ava/")) == []
+    [error] = [e.event_specific_data for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert (
+        error.user_failure_data.description.startswith("/")
+        and "field 'timezone'" in error.user_failure_data.description
+    )
+    assert error.error.cause is None and error.error.context is None, "the message alone, no chained stack trace"
 
 
 def test_s3_media_store_end_to_end(s3_bucket) -> None:

@@ -22,9 +22,16 @@ def _partitions(node) -> str | None:
     if pd is None:
         return None
     if isinstance(pd, dg.MultiPartitionsDefinition):
-        return "multi(" + ",".join(f"{d.name}:{type(d.partitions_def).__name__}" for d in pd.partitions_defs) + ")"
+        return "multi(" + ",".join(f"{d.name}:{_dimension(d.partitions_def)}" for d in pd.partitions_defs) + ")"
     name = getattr(pd, "name", None)
     return f"{type(pd).__name__}({name})" if name else type(pd).__name__
+
+
+def _dimension(pd) -> str:
+    """The calendar's reach into the future is part of the graph: `end_offset` 15 is today plus 14 days."""
+    if isinstance(pd, dg.TimeWindowPartitionsDefinition):
+        return f"{type(pd).__name__}(start={pd.start:%Y-%m-%d},end_offset={pd.end_offset})"
+    return type(pd).__name__
 
 
 def graph_snapshot() -> dict:

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import dagster as dg
 import pytest
 
-from influencer_pipeline.defs.resources import LocalMediaStoreResource, S3MediaStoreResource, UploadPolicy
+from influencer_pipeline.defs.content import content_plan
+from influencer_pipeline.defs.datasets import training_images
+from influencer_pipeline.defs.resources import (
+    LocalMediaStoreResource,
+    S3MediaStoreResource,
+    UploadPolicy,
+    WriterResource,
+)
 from influencer_pipeline.defs.sensors import upload_sensor
 from influencer_pipeline.media import LocalMediaStore, S3MediaStore
+from tests.defs.test_datasets import SAMPLE, upload_sample
 
 
 def evaluate(instance, resources, cursor=None) -> dg.SensorResult:
@@ -87,3 +97,54 @@ def test_settle_window_holds_runs_back(instance, tmp_path) -> None:
 
 def test_sensor_is_on_by_default() -> None:
     assert upload_sensor.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_content_curated_before_the_sensor_ran_is_not_started_again(instance, tmp_path) -> None:
+    """`make demo` curates and trains the sample persona without the sensor; `make dev` afterwards starts the
+    sensor with an empty cursor, and it must not redo that work."""
+    root = tmp_path / "media"
+    resources = {"media": LocalMediaStoreResource(root=str(root)), "upload_policy": UploadPolicy(settle_seconds=0)}
+    upload_sample(LocalMediaStore(root))
+    instance.add_dynamic_partitions("personas", ["ava"])
+    curated = dg.materialize(
+        [training_images], partition_key="ava", instance=instance, resources={"media": resources["media"]}
+    )
+    assert curated.success
+    result = evaluate(instance, resources)
+    assert result.run_requests == []
+
+    LocalMediaStore(root).write_bytes("uploads/ava/extra.jpg", (SAMPLE / "ava_01.jpg").read_bytes())
+    changed = evaluate(instance, resources, cursor=result.cursor)
+    assert [r.partition_key for r in changed.run_requests] == ["ava"], "new photos still start a run"
+
+
+def test_profile_edit_outside_training_inputs_retrains_nothing_and_marks_planned_days_stale(instance, tmp_path):
+    root = tmp_path / "media"
+    store = LocalMediaStore(root)
+    resources = {"media": LocalMediaStoreResource(root=str(root)), "upload_policy": UploadPolicy(settle_seconds=0)}
+    store.write_bytes("uploads/ava/a.jpg", b"A")
+    store.write_bytes("uploads/ava/persona.yaml", b"trigger_word: ohwx\nthemes: [espresso]\n")
+    first = evaluate(instance, resources)
+    assert len(first.run_requests) == 1
+    apply(instance, first)
+    tomorrow = (datetime.now(UTC).date() + timedelta(days=1)).isoformat()
+    partition = dg.MultiPartitionKey({"date": tomorrow, "persona": "ava"})
+    planned = dg.materialize(
+        [content_plan],
+        partition_key=partition,
+        instance=instance,
+        resources={"media": resources["media"], "writer": WriterResource()},
+    )
+    assert planned.success
+
+    store.write_bytes("uploads/ava/persona.yaml", b"trigger_word: ohwx\nthemes: [beaches]\nposting_times: ['10:00']\n")
+    edited = evaluate(instance, resources, cursor=first.cursor)
+    assert edited.run_requests == [], "themes and posting times are not training inputs"
+    [stale] = edited.asset_events
+    assert stale.asset_key == content_plan.key and stale.partition == str(partition)
+    assert stale.metadata["stale"].value is True
+
+    store.write_bytes("uploads/ava/persona.yaml", b"trigger_word: sks\nthemes: [beaches]\nposting_times: ['10:00']\n")
+    retrain = evaluate(instance, resources, cursor=edited.cursor)
+    assert [r.partition_key for r in retrain.run_requests] == ["ava"], "a new trigger word is a new LoRA"
+    assert retrain.run_requests[0].run_key != first.run_requests[0].run_key

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._config import ConfigTypeKind
 from PIL import Image
 
+from influencer_pipeline.definitions import defs
 from influencer_pipeline.defs.resources import (
     ImageEngineResource,
     LocalMediaStoreResource,
@@ -18,6 +20,7 @@ from influencer_pipeline.defs.resources import (
 )
 from influencer_pipeline.defs.training import lora_samples, lora_weights
 from influencer_pipeline.media import LocalMediaStore
+from influencer_pipeline.training.presets import list_presets
 from tests.defs.test_datasets import failure_text
 from tests.fakes import accelerate_command, fake_sd_scripts, fake_tokenizers
 from tests.generation.comfy_standin import ComfyStandin
@@ -79,13 +82,17 @@ def test_embedded_trainer_and_engine_end_to_end(store, tmp_path) -> None:
     weights = meta(result, "lora_weights")
     assert weights["engine"] == "embedded" and weights["steps"] == 2 and weights["epochs"] == 1
     assert weights["file_size_bytes"] > 0 and "data:image/png;base64," in weights["loss_curve"]
-    assert store.exists("personas/ava/lora/ava.safetensors")
-    assert store.exists("personas/ava/lora/loss_curve.png")
+    version = weights["version"]
+    assert store.exists(f"personas/ava/lora/versions/{version}/ava.safetensors")
+    assert store.exists(f"personas/ava/lora/versions/{version}/loss_curve.png")
+    record = json.loads(store.read_bytes(f"personas/ava/lora/versions/{version}/manifest.json"))
+    assert record["version"] == version and record["preset"]["name"] == "embedded-tiny"
+    assert json.loads(store.read_bytes("personas/ava/manifests/lora_weights.json")) == record
     samples = meta(result, "lora_samples")
-    assert samples["samples"] == 1 and 0 < samples["consistency_score"] <= 1
-    params = json.loads(store.read_bytes("personas/ava/samples/00.json"))
+    assert samples["samples"] == 1 and 0 < samples["consistency_score"] <= 1 and samples["lora_version"] == version
+    params = json.loads(store.read_bytes(f"personas/ava/lora/versions/{version}/samples/00.json"))
     assert params["engine"] == "embedded" and params["seed"] == 1234 and params["loras"]
-    assert Image.open(store.path("personas/ava/samples/grid.png")).size[0] > 0
+    assert Image.open(store.path(f"personas/ava/lora/versions/{version}/samples/grid.png")).size[0] > 0
 
 
 def test_kohya_trainer_and_comfyui_engine_end_to_end(store, tmp_path) -> None:
@@ -118,33 +125,79 @@ def test_kohya_trainer_and_comfyui_engine_end_to_end(store, tmp_path) -> None:
     assert result.success, failure_text(result)
     weights = meta(result, "lora_weights")
     assert (weights["engine"], weights["epochs"], weights["checkpoints"]) == ("kohya", 2, 1)
-    assert store.exists("personas/ava/lora/checkpoints/ava-000001.safetensors")
+    assert store.exists(f"personas/ava/lora/versions/{weights['version']}/checkpoints/ava-000001.safetensors")
     samples = meta(result, "lora_samples")
     assert samples["engine"] == "comfyui" and samples["samples"] == 2
-    deployed = [p.name for p in loras.iterdir()]
+    deployed = [p.name for p in loras.iterdir() if not p.name.startswith(".")]  # not the deployment ledger
     assert deployed == [samples["lora"]]
     graphs = [json.dumps(r.body) for r in submitted]
     assert len(graphs) == 2 and all(samples["lora"] in g for g in graphs)
     assert json.loads(store.read_bytes("personas/ava/samples/01.json"))["engine"] == "comfyui"
 
 
-@pytest.mark.parametrize(
-    ("override", "expected"),
-    [({"epochs": 5000}, "'epochs': 5000 is out of range 1-1000"), ({"preset": "nope"}, "sd15-standard")],
-)
-def test_bad_preset_or_override_fails_before_any_work(store, tmp_path, override, expected) -> None:
+def test_out_of_range_override_fails_at_once_with_the_range(store, tmp_path) -> None:
     result = materialize(
         store,
         [lora_weights],
         tmp_path,
-        run_config=training_config(**override),
+        run_config=training_config(epochs=5000),
         trainer=TrainerResource(work_dir=str(tmp_path / "w")),
     )
     assert not result.success
-    assert expected in failure_text(result)
+    assert "'epochs': 5000 is out of range 1-1000" in failure_text(result)
     assert not any(e.event_type_value == "STEP_UP_FOR_RETRY" for e in result.all_events), "bad input is never retried"
     assert not (tmp_path / "w").exists()
     assert list(store.list("personas/ava/lora/")) == []
+
+
+def test_unknown_preset_is_refused_by_the_config_schema_before_any_run(store, tmp_path) -> None:
+    with pytest.raises(dg.DagsterInvalidConfigError) as refused:
+        materialize(
+            store,
+            [lora_weights],
+            tmp_path,
+            run_config=training_config(preset="nope"),
+            trainer=TrainerResource(work_dir=str(tmp_path / "w")),
+        )
+    assert "nope" in str(refused.value) and "sd15-standard" in str(refused.value)
+
+
+def test_training_launchpad_lists_presets_and_describes_every_field_with_its_range() -> None:
+    """What the launchpad of persona_training shows for lora_weights: a choice list of presets read from the
+    presets folder, and a description (with the range, for numbers) on every field."""
+    job = defs.resolve_job_def("persona_training")
+    ops = job.run_config_schema.config_type.fields["ops"].config_type
+    fields = ops.fields["lora_weights"].config_type.fields["config"].config_type.fields
+    preset = fields["preset"].config_type
+    assert preset.kind == ConfigTypeKind.ENUM
+    assert {v.config_value for v in preset.enum_values} == {"", *list_presets()}
+    assert all(field.description for field in fields.values()), [n for n, f in fields.items() if not f.description]
+    assert "(1 to 1000)" in fields["epochs"].description
+    assert "(1e-06 to 1)" in fields["learning_rate"].description
+
+
+def test_lora_versions_are_kept_reused_and_never_overwritten(store, tmp_path) -> None:
+    """Two trainings with different settings are two versions side by side; training the first settings again
+    reuses the first version instead of overwriting anything, and makes it the latest again."""
+    trainer = TrainerResource(work_dir=str(tmp_path / "work"))
+
+    def train(seed: int) -> dict:
+        result = materialize(store, [lora_weights], tmp_path, training_config(seed=seed), trainer=trainer)
+        assert result.success, failure_text(result)
+        return meta(result, "lora_weights")
+
+    first, second = train(1), train(2)
+    assert first["version"] != second["version"] and not first["reused"] and not second["reused"]
+    first_lora = store.read_bytes(f"personas/ava/lora/versions/{first['version']}/ava.safetensors")
+    for version in (first["version"], second["version"]):
+        assert store.exists(f"personas/ava/lora/versions/{version}/manifest.json")
+    assert json.loads(store.read_bytes("personas/ava/manifests/lora_weights.json"))["version"] == second["version"]
+    assert [r.data["version"] for r in second["versions"].records] == [second["version"], first["version"]]
+
+    again = train(1)
+    assert again["version"] == first["version"] and again["reused"]
+    assert store.read_bytes(f"personas/ava/lora/versions/{first['version']}/ava.safetensors") == first_lora
+    assert json.loads(store.read_bytes("personas/ava/manifests/lora_weights.json"))["version"] == first["version"]
 
 
 def test_environment_switches_engines_with_no_code_change(monkeypatch, tmp_path) -> None:
