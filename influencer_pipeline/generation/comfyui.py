@@ -70,7 +70,6 @@ UPLOAD_SUBFOLDER = "influencer"  # our stills in ComfyUI's input folder, apart f
 TICK_S = 0.1  # how often the wait loop checks should_stop and its deadline
 SAFETY_POLL_FACTOR = 10  # with a live socket, /history is still polled this many poll intervals apart
 DEPLOYED_LEDGER = ".influencer-deployed.json"  # in the loras folder; ComfyUI lists only model extensions
-DEPLOYED_LOCK = ".influencer-deployed.lock"
 
 
 class ComfyUIError(RuntimeError):
@@ -1021,13 +1020,14 @@ def _write_ledger(folder: Path, ledger: dict[str, dict[str, Any]]) -> None:
 
 @contextlib.contextmanager
 def _ledger_lock(folder: Path) -> Iterator[None]:
-    """One deployer at a time edits the ledger (two personas' runs may deploy at once)."""
-    with (folder / DEPLOYED_LOCK).open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    """One deployer at a time edits the ledger (two personas' runs may deploy at once): an exclusive flock on the
+    folder itself, so no lock file is left in ComfyUI's loras folder."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
 
 
 def _age_s(entry: dict[str, Any], now: dt.datetime) -> float:
