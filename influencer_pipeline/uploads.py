@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass, field
 
 from influencer_pipeline.errors import InputError
 from influencer_pipeline.media.keys import UPLOADS, uploads_prefix
-from influencer_pipeline.media.store import MediaObject, MediaStore, UnsafeMediaError
-from influencer_pipeline.personas import PROFILE_NAME, validate_slug
+from influencer_pipeline.media.store import TOO_LARGE, MediaObject, MediaStore, UnsafeMediaError
+from influencer_pipeline.personas import MAX_PROFILE_BYTES, PROFILE_NAME, validate_slug
 from influencer_pipeline.profile_inputs import profile_training_digest
 
 READY_MARKER = "READY"
@@ -97,8 +97,19 @@ def content_key(store: MediaStore, objects: list[MediaObject]) -> str:
     `persona.yaml` counts only through its training fields (trigger and class word, preset): editing a theme or
     a posting time is not a new dataset and does not retrain (profile_inputs.py).
     """
-    parts = [f"{o.key}\t{_file_digest(store, o)}" for o in objects if not o.key.endswith("/" + READY_MARKER)]
+    parts = [f"{o.key}\t{_safe_digest(store, o)}" for o in objects if not o.key.endswith("/" + READY_MARKER)]
     return _digest(sorted(parts))
+
+
+def _safe_digest(store: MediaStore, obj: MediaObject) -> str:
+    """A file above the read limit (the store's, or 64 KB for persona.yaml) digests as its listing entry:
+    the run rejects it unread, and hashing it would read gigabytes every time the folder settles."""
+    try:
+        return _file_digest(store, obj)
+    except UnsafeMediaError as err:
+        if err.reason != TOO_LARGE:
+            raise
+        return f"too-large:{obj.size}:{obj.etag}"
 
 
 def _file_digest(store: MediaStore, obj: MediaObject) -> str:
@@ -106,7 +117,7 @@ def _file_digest(store: MediaStore, obj: MediaObject) -> str:
     if name != PROFILE_NAME:
         return store.digest(obj)
     slug = folder.rsplit("/", 1)[-1]
-    return profile_training_digest(slug, store.read_bytes(obj.key), store.uri(obj.key))
+    return profile_training_digest(slug, store.read_bytes(obj.key, max_bytes=MAX_PROFILE_BYTES), store.uri(obj.key))
 
 
 def scan(

@@ -154,3 +154,13 @@ def test_links_and_fifos_neither_count_nor_block_and_a_linked_persona_is_reporte
         "Fix: copy the file or folder itself into the media folder instead of linking to it"
     ]
     assert again.newly_invalid == [] and again.ready == []
+
+
+def test_files_over_the_read_limit_do_not_hold_the_folder_back(tmp_path) -> None:
+    """A file the run will reject unread (over the store's limit, or a persona.yaml over 64 KB) is not hashed:
+    the folder still settles and its run is requested, and the run's rejection table says why."""
+    store = LocalMediaStore(tmp_path / "media", max_file_bytes=100_000)
+    upload(store, "ava", {"a.jpg": b"A", "huge.jpg": b"x" * 100_001, "persona.yaml": b"#" * 70_000, "READY": b""})
+    result, _ = tick(store, UploadCursor(), now=1000)
+    assert result.waiting == []
+    assert [(r.persona, r.files) for r in result.ready] == [("ava", 3)]

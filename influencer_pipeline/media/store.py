@@ -39,6 +39,7 @@ _FIXES = {
     TOO_LARGE: "upload a smaller file, or raise the media store's max_file_bytes if you trust it",
 }
 _CHUNK = 1 << 20
+OUTPUT_FILE_MODE = 0o644
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,9 @@ class LocalMediaStore:
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+        # mkstemp creates 0600; outputs (LoRAs, reels, images) must be readable by the group and others, as a
+        # plain open() under the usual 022 umask makes them, so a ComfyUI service under another user can load them.
+        os.fchmod(fd, OUTPUT_FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, target)
@@ -187,8 +191,10 @@ class LocalMediaStore:
     def digest(self, obj: MediaObject) -> str:
         """sha256 of the content, so an identical re-upload (new mtime, same bytes) digests the same."""
         h = hashlib.sha256()
-        fd, _ = self._open(obj.key)
+        fd, st = self._open(obj.key)
         with os.fdopen(fd, "rb") as fh:
+            if st.st_size > self.max_file_bytes:
+                raise _too_large(self.uri(obj.key), st.st_size, self.max_file_bytes)
             read = 0
             for block in iter(lambda: fh.read(_CHUNK), b""):
                 read += len(block)
