@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from urllib.parse import quote, quote_plus, unquote, urlsplit
+from urllib.parse import quote, quote_plus, unquote, urlsplit, urlunsplit
 
 REDACTED = "***"
 # How far past the quoted part `excerpt` reads before redacting, so a secret starting there is whole when matched.
@@ -98,6 +98,19 @@ def redact(text: str, *secrets: str | Secret | None) -> str:
     text = _JSON_FIELD.sub(lambda m: f"{m.group(1)}{REDACTED}{m.group(2)}", text)
     text = _PARAMETER.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
     return _KEY_SHAPES.sub(REDACTED, text)
+
+
+def split_userinfo(url: str) -> tuple[str, tuple[str, str] | None]:
+    """`url` without its `user:password@`, and that (decoded) pair, or None when the URL has none.
+
+    HTTP clients turn a URL's user information into `Authorization: Basic` on their own (`requests` does, and then
+    drops an `Authorization: Bearer` header the caller set), so a client that sends an API key strips it first.
+    """
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    bare = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
+    return bare, (unquote(parts.username or ""), unquote(parts.password or ""))
 
 
 def url_password(url: str) -> str:

@@ -50,7 +50,7 @@ from influencer_pipeline.content.writers import (
     publish_slots,
 )
 from influencer_pipeline.personas import Persona
-from influencer_pipeline.redaction import Secret, redact, redact_and_clip, url_password
+from influencer_pipeline.redaction import Secret, redact, redact_and_clip, split_userinfo, url_password
 from influencer_pipeline.retry_after import retry_after_seconds
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,9 @@ class OpenAIChatWriter:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._shown_url = redact(self.base_url)  # a base URL may carry user:password@ (a proxy's credentials)
+        # Requests go to the URL without them: HTTP Basic from the URL when there is no key, else the key as Bearer
+        # (both cannot be sent; requests would silently replace the key with the URL's Basic credentials).
+        self._endpoint, self._basic = split_userinfo(self.base_url)
         self._key = Secret(api_key if api_key is not None else os.environ.get(API_KEY_ENV, ""))
         self.model = model
         self.timeout_s = timeout_s
@@ -172,9 +175,10 @@ class OpenAIChatWriter:
         return retry_after
 
     def _post(self, session: requests.Session, body: dict[str, Any], usage: WriterUsage) -> ChatReply:
-        url = f"{self.base_url}/chat/completions"
+        url = f"{self._endpoint}/chat/completions"
         try:
-            response = session.post(url, json=body, headers=self._headers(), timeout=self.timeout_s)
+            auth = None if self._key.reveal() else self._basic
+            response = session.post(url, json=body, headers=self._headers(), auth=auth, timeout=self.timeout_s)
         except requests.Timeout:
             raise _Transient(f"no reply within {self.timeout_s:g} s") from None
         except requests.ConnectionError as exc:

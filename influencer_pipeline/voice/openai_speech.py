@@ -27,7 +27,7 @@ import imageio_ffmpeg
 import requests
 
 from influencer_pipeline.errors import InputError
-from influencer_pipeline.redaction import Secret, excerpt, redact, url_password
+from influencer_pipeline.redaction import Secret, excerpt, redact, split_userinfo, url_password
 from influencer_pipeline.retry_after import retry_after_seconds
 from influencer_pipeline.voice.timing import VoiceTrack, atomic_output
 
@@ -92,6 +92,9 @@ class OpenAISpeechVoice:
         self.name = f"openai-speech:{model}"
         self._api_key = Secret(api_key) if api_key else None
         self._url_password = url_password(self.url)
+        # Requests go to the URL without user:password@: HTTP Basic from it when there is no key, else the key as
+        # Bearer (requests would otherwise replace the key with the URL's Basic credentials).
+        self._endpoint, self._basic = split_userinfo(self.url)
         self._http = requests.Session()
 
     def __repr__(self) -> str:
@@ -161,7 +164,8 @@ class OpenAISpeechVoice:
         deadline = time.monotonic() + self.timeout_s
         try:
             with self._http.post(
-                self.url,
+                self._endpoint,
+                auth=None if self._api_key else self._basic,
                 json=body,
                 headers=headers,
                 timeout=(min(CONNECT_TIMEOUT_S, self.timeout_s), self.timeout_s),

@@ -223,3 +223,23 @@ def test_a_failing_run_records_no_credential_in_its_event_log_or_compute_logs(
     assert any("compute_logs" in str(path) or path.suffix in (".out", ".err") for path in stored), sorted(stored)
     leaked = {str(path): fakes.found_in(data.decode("utf-8", "replace")) for path, data in stored.items()}
     assert {path: found for path, found in leaked.items() if found} == {}
+
+
+def test_clients_send_their_key_to_a_base_url_that_carries_credentials(tmp_path: Path) -> None:
+    """A URL's user:password@ must not displace the API key: `requests` turns it into HTTP Basic and drops the
+    Bearer header, so the key never reached the server and the run failed with a 401 that blamed the key."""
+    from influencer_pipeline.content.openai_chat import OpenAIChatWriter
+    from influencer_pipeline.personas import Persona
+    from influencer_pipeline.voice.openai_speech import OpenAISpeechVoice
+    from tests.voice.speech_standin import SpeechStandin
+
+    key = "sk-test-0123456789abcdef-userinfo"
+    ava = Persona(slug="ava", trigger_word="ohwx", class_word="woman", platforms=("instagram",), themes=("beaches",))
+    with LLMStandin(api_key=key) as writer:
+        url = writer.url.replace("http://", "http://proxy:pw-proxy@")
+        OpenAIChatWriter(base_url=url, api_key=key, model="test/model", timeout_s=10).plan_day(ava, date.today(), 1)
+        assert writer.received[0].headers["Authorization"] == f"Bearer {key}"
+    with SpeechStandin(api_key=key) as speech:
+        url = speech.url.replace("http://", "http://proxy:pw-proxy@")
+        OpenAISpeechVoice(url, key, max_retries=0).speak("Hello there.", tmp_path / "voice.wav")
+        assert speech.received[0].headers["Authorization"] == f"Bearer {key}"
