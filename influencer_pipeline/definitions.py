@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import dagster as dg
 
-from influencer_pipeline.defs import content, datasets, notifications, publishing, schedules, sensors, training
+from influencer_pipeline.defs import (
+    content,
+    datasets,
+    notifications,
+    publishing,
+    review,
+    schedules,
+    sensors,
+    training,
+)
 from influencer_pipeline.defs.executors import executor_from_env
 from influencer_pipeline.defs.resources import resources_from_env
 
@@ -27,6 +36,7 @@ def build_definitions() -> dg.Definitions:
             training.persona_pipeline_job,
             schedules.daily_content_job,
             publishing.publish_job,
+            review.review_posts_job,
         ],
         schedules=[schedules.build_content_calendar(schedules.CalendarSettings.from_env())],
         sensors=[

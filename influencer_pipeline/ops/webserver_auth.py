@@ -19,8 +19,9 @@ document once (graphql-core's ``max_tokens``: at most 10,000 tokens, else 413). 
 document or ``operationName`` (repeated parameters, URL and body, a batch list) gets 400, and so does a
 document that does not parse: what we cannot read could be a mutation, so it is refused, never passed.
 
-Everything else passes without a token: queries, ``/server_info``, the UI's static files, and the GraphQL
-websocket. The websocket only executes subscriptions: dagster-webserver runs whatever arrives there through
+Everything else passes without a token: queries, ``/server_info``, the UI's static files, the studio page
+(``/studio``, read-only: ``ops/studio.py``) and its media, and the GraphQL websocket. The websocket only
+executes subscriptions: dagster-webserver runs whatever arrives there through
 ``subscribe``, which resolves fields against the Subscription type, so a mutation sent there fails (tested).
 Its handshake must come from no browser (no ``Origin``), from a page of this server (``Origin`` matches
 ``Host``), or from an origin listed in ``DAGSTER_WEBSOCKET_ORIGINS``: other web pages cannot read live run data
@@ -59,6 +60,7 @@ from dagster_webserver.app import create_app_from_workspace_process_context
 from dagster_webserver.version import __version__
 from graphql import DocumentNode, GraphQLError, OperationDefinitionNode, OperationType, parse
 
+from influencer_pipeline.ops.studio import studio_routes
 from influencer_pipeline.redaction import redact_and_clip
 
 TOKEN_ENV = "DAGSTER_GRAPHQL_TOKEN"
@@ -348,9 +350,10 @@ def main(host: str, port: int, path_prefix: str, uvicorn_log_level: str, **works
         )
         load_target = workspace_opts_to_load_target(workspace_opts)
         with WorkspaceProcessContext(instance, version=__version__, workspace_load_target=load_target) as context:
-            app = MutationAuthMiddleware(
-                create_app_from_workspace_process_context(context, path_prefix), token, path_prefix, allowed_origins()
-            )
+            dagster_app = create_app_from_workspace_process_context(context, path_prefix)
+            # The creator's overview (/studio) and its media, read-only, behind the same guard as the UI.
+            studio = studio_routes(dagster_app, instance, path_prefix)
+            app = MutationAuthMiddleware(studio, token, path_prefix, allowed_origins())
             log.warning("serving http://%s:%d%s; GraphQL mutations need a token", host, port, path_prefix)
             uvicorn.run(app, host=host, port=port, log_level=uvicorn_log_level)
 
