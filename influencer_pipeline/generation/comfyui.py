@@ -175,7 +175,9 @@ class ComfyUIEngine:
             raise InputError(str(source), "the LoRA file does not exist", "train the LoRA first or fix the path")
         file_name = _lora_file_name(name, source)
         expected = self.lora_family()
-        if expected is not None:
+        if source.suffix not in (".safetensors", ".sft"):
+            log.warning("%s is not a safetensors file: its base-model family cannot be checked", source)
+        elif expected is not None:
             check_lora_family(source, *expected)
         else:
             log.warning(

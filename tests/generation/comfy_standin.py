@@ -133,6 +133,7 @@ class ComfyStandin:
     requests: list[Received] = field(default_factory=list)
     runs: dict[str, Run] = field(default_factory=dict)
     console: list[str] = field(default_factory=list)  # what ComfyUI logs on its own console (never sent to clients)
+    dropped_at: float | None = None  # when drop_websockets_after cut the sockets (time.monotonic)
 
     def __post_init__(self) -> None:
         self._lock = threading.Condition()
@@ -580,6 +581,7 @@ class ComfyStandin:
             if self._drop_after > 0:
                 return
             self._drop_after = None
+            self.dropped_at = time.monotonic()
             connections = list(self._sockets.values())
         for connection in connections:
             connection.close_socket()
