@@ -73,7 +73,7 @@ def sd15_graph(steps: int) -> dict[str, Any]:
     return build_txt2img(load_template("sd15-lora-txt2img"), request, seed=random.randrange(2**32), checkpoint=SD15)
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 3.0) -> None:
+def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "condition not reached"
