@@ -66,9 +66,8 @@ TOTAL_STEPS_RE = re.compile(r"total optimization steps\b.*?[:=]\s*(\d+)")
 
 # Lines that appear in healthy runs and say nothing about a failure: left out of hints and error tails.
 HARMLESS: tuple[re.Pattern[str], ...] = (
-    # bitsandbytes >= 0.49 on a CPU box: an optional package for its CPU 4-bit kernels (AdamW8bit still works)
+    # bitsandbytes 0.50 at import on a CPU box: an optional package for its CPU 4-bit kernels (AdamW8bit still works)
     re.compile(r"from kernels-community: No module named 'kernels'"),
-    re.compile(r"^(?:Using|Loading) .*(?:cache|settings)|^\s*$"),
 )
 TRACEBACK = "Traceback (most recent call last):"
 ACCELERATE_FRAME = re.compile(r"accelerate/commands/(?:launch|accelerate_cli)\.py")
@@ -143,7 +142,7 @@ class KohyaTrainingError(TrainingError):
 
 
 def meaningful(lines: Sequence[str]) -> list[str]:
-    """The output without the lines every run prints (bitsandbytes' optional-kernel notice, blank lines)."""
+    """The output without the lines healthy runs print too (bitsandbytes' optional-kernel notice)."""
     return [line for line in lines if not any(p.search(line) for p in HARMLESS)]
 
 
@@ -570,10 +569,8 @@ def check_tokenizers(family: str, cache_dir: Path | None, env: Mapping[str, str]
     for repo in TOKENIZERS[family]:
         local = cache_dir / repo.replace("/", "_") if cache_dir else None
         snapshots = (hub / f"models--{repo.replace('/', '--')}" / "snapshots").glob("*")
-        if (local and has_tokenizer(local)) or any(
-            has_tokenizer(s) or has_tokenizer(s / "tokenizer") for s in snapshots
-        ):
-            continue
+        if (local and has_tokenizer(local)) or any(has_tokenizer(snapshot) for snapshot in snapshots):
+            continue  # (both repos keep the tokenizer files at their root, where sd-scripts reads them)
         target = local or Path("<KOHYA_TOKENIZER_CACHE_DIR>") / repo.replace("/", "_")
         raise InputError(
             "KOHYA_TOKENIZER_CACHE_DIR",

@@ -171,7 +171,7 @@ def test_recorded_failures_get_their_own_hint(recording: str, hint: str, retryab
     assert not any("kernels" in line for line in error_lines(lines))
 
 
-def test_error_lines_are_the_trainers_traceback_and_acceleratees_verdict() -> None:
+def test_error_lines_are_the_trainers_traceback_and_accelerates_verdict() -> None:
     lines = error_lines(recorded_lines("no_tokenizer.log"))
     assert lines[-2] == "TypeError: expected str, bytes or os.PathLike object, not NoneType"
     assert "returned non-zero exit status 1." in lines[-1]
