@@ -202,7 +202,9 @@ def post_images(
     with user_errors_are_final():
         persona = load_persona(store, slug)
         plan = read_plan(store, slug, day)
-        lora_record = resolve_lora(store, persona, config.lora_version, "post_images config: lora_version")
+        lora_record = resolve_lora(
+            store, persona, config.lora_version, "post_images config: lora_version", context.instance
+        )
         version = lora_record["version"]
         render_settings = config.model_dump(exclude={"regenerate", "lora_version"})
         inputs = digest_of(plan.model_dump_json(), version, json.dumps(render_settings, sort_keys=True))
@@ -282,6 +284,9 @@ class PostVideosConfig(dg.Config):
     )
     img2vid_frames: int = Field(25, ge=2, le=128, description="Frames per clip (SVD-XT: 25).")
     img2vid_fps: int = Field(6, ge=1, le=60, description="Clip frame rate; frames / fps is the clip's length.")
+    regenerate: bool = Field(
+        False, description="Render again even if the reels were already cut from these images, plan and settings."
+    )
 
 
 @dg.asset(
@@ -311,6 +316,17 @@ def post_videos(
         animator = image_engine.get_animator("post_videos.img2vid_clips") if config.img2vid_clips else None
         persona = load_persona(store, slug)
         plan = read_plan(store, slug, day)
+        images_key = content_prefix(slug, day) + "images/manifest.json"
+        inputs = digest_of(
+            store.read_bytes(images_key) if store.exists(images_key) else b"",
+            plan.model_dump_json(),
+            config.model_dump_json(exclude={"regenerate"}),
+            voice.engine,
+            persona.voice,
+        )
+        if not config.regenerate and rendered_from(store, videos_manifest_key(slug, day)) == inputs:
+            context.log.info(f"reels of {day}|{slug} were already cut from these images and plan: kept")
+            return stored_videos_result(store, slug, day)
         speaker, aligner = voice.get_voice(persona.voice), voice.get_aligner()
         music = fetch(store, config.music_key, work) if config.music_key else None
         rows, problems, thumb = [], [], b""
@@ -344,37 +360,65 @@ def post_videos(
                 rows.append(reel_row(post.id, aspect.name, timing, report))
     safety = scan(day_media(store, slug, day, work))
     context.log.info(safety.summary())
+    if thumb:
+        store.write_bytes(content_prefix(slug, day) + "videos/thumbnail.jpg", thumb)
+    record = {
+        "inputs": inputs,
+        "rows": rows,
+        "voice": voice.engine,
+        "reels_valid": {"passed": not problems, "problems": problems},
+        "brand_safety": {
+            "passed": safety.passed,
+            "max_score": max((f.max_score for f in safety.files), default=0.0),
+            "files": len(safety.files),
+            "summary": safety.summary()[:2000],
+        },
+    }
+    store.write_bytes(videos_manifest_key(slug, day), json.dumps(record, indent=2).encode())
+    return stored_videos_result(store, slug, day, kept=False)
+
+
+def videos_manifest_key(slug: str, day: str) -> str:
+    return content_prefix(slug, day) + "videos/manifest.json"
+
+
+def stored_videos_result(store: MediaStore, slug: str, day: str, kept: bool = True) -> dg.MaterializeResult:
+    """The reels' metadata and checks, from the record written when they were cut: a kept day shows (and is
+    checked) exactly as when it was made, and its files stay byte for byte what may have been published."""
+    record = json.loads(store.read_bytes(videos_manifest_key(slug, day)))
+    rows, valid, safety = record["rows"], record["reels_valid"], record["brand_safety"]
     metadata: dict[str, object] = {
         "reels": len(rows),
         "table": table(rows, REEL_COLUMNS),
         "folder": dg.MetadataValue.path(store.uri(content_prefix(slug, day) + "videos/")),
-        "voice": voice.engine,
+        "voice": record["voice"],
+        "kept_existing": kept,
     }
+    thumb_key = content_prefix(slug, day) + "videos/thumbnail.jpg"
     if rows:
         metadata |= {
             "mean_lufs": round(sum(r["lufs"] for r in rows) / len(rows), 2),
             "total_render_s": round(sum(r["render_s"] for r in rows), 1),
-            "thumbnail": image_preview(thumb, "first reel"),
         }
+        if store.exists(thumb_key):
+            metadata["thumbnail"] = image_preview(store.read_bytes(thumb_key), "first reel")
     return dg.MaterializeResult(
         metadata=metadata,
         check_results=[
             dg.AssetCheckResult(
                 check_name="reels_valid",
-                passed=not problems,
+                passed=valid["passed"],
                 severity=dg.AssetCheckSeverity.ERROR,
-                metadata={"problems": len(problems)},
-                description="; ".join(problems) or f"{len(rows)} reels: streams, size, duration and loudness ok",
+                metadata={"problems": len(valid["problems"])},
+                description="; ".join(valid["problems"])
+                or f"{len(rows)} reels: streams, size, duration and loudness ok",
             ),
             dg.AssetCheckResult(
                 check_name="brand_safety",
-                passed=safety.passed,
+                passed=safety["passed"],
                 severity=dg.AssetCheckSeverity.ERROR,
-                metadata={
-                    "max_score": max((f.max_score for f in safety.files), default=0.0),
-                    "files": len(safety.files),
-                },
-                description=safety.summary()[:2000],
+                metadata={"max_score": safety["max_score"], "files": safety["files"]},
+                description=safety["summary"],
             ),
         ],
     )

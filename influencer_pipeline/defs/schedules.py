@@ -8,7 +8,6 @@ persona.yaml is logged and skipped, and every other persona is still planned.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,15 +17,13 @@ import dagster as dg
 
 from influencer_pipeline.content.plan import ContentPlan
 from influencer_pipeline.defs.content import plan_key, published_count
-from influencer_pipeline.defs.datasets import MIN_IMAGES
 from influencer_pipeline.defs.partitions import HORIZON_DAYS, personas
 from influencer_pipeline.defs.resources import MediaStoreResource
+from influencer_pipeline.defs.training import lora_blocker
 from influencer_pipeline.errors import InputError
-from influencer_pipeline.media.keys import dataset_manifest_key, uploads_prefix
 from influencer_pipeline.media.store import MediaStore
-from influencer_pipeline.personas import Persona, load_persona
+from influencer_pipeline.personas import load_persona
 from influencer_pipeline.profile_inputs import plan_digest
-from influencer_pipeline.training.versions import active_version
 
 daily_content_job = dg.define_asset_job(
     "daily_content",
@@ -153,53 +150,3 @@ def plan_persona(
         ),
         "",
     )
-
-
-def lora_blocker(instance: dg.DagsterInstance, store: MediaStore, persona: Persona) -> str:
-    """Why no content can be rendered for the persona yet (empty: a LoRA version is ready), naming the real cause."""
-    pin = persona.lora_version
-    where = f"{store.uri(uploads_prefix(persona.slug) + 'persona.yaml')}: field 'lora_version'"
-    if active_version(store, persona.slug, pin, where) is not None:  # a bad pin raises its own InputError
-        return ""
-    manifest_key = dataset_manifest_key(persona.slug)
-    if store.exists(manifest_key):
-        images = json.loads(store.read_bytes(manifest_key)).get("images", [])
-        kept = sum(i.get("status") == "kept" for i in images)
-        if kept < MIN_IMAGES:
-            return (
-                f"its dataset failed the min_images check: {kept} usable images, LoRA training needs at least "
-                f"{MIN_IMAGES}. Fix: add photos to {uploads_prefix(persona.slug)} (see training_images' rejection "
-                "table for why others were refused)"
-            )
-    failure = last_failure(instance, persona.slug)
-    if failure:
-        return f"no trained LoRA: its last dataset/training run failed: {failure}"
-    if not store.exists(manifest_key):
-        return (
-            f"no dataset yet: upload at least {MIN_IMAGES} photos to {uploads_prefix(persona.slug)} "
-            "(the upload sensor curates them and trains the LoRA)"
-        )
-    return "no trained LoRA yet: materialize lora_weights (or wait for the persona_pipeline run in progress)"
-
-
-def last_failure(instance: dg.DagsterInstance, slug: str) -> str:
-    """The message of the persona's last failed dataset/training run, if its last such run failed."""
-    runs = instance.get_runs(
-        filters=dg.RunsFilter(
-            job_name=None,
-            tags={"dagster/partition": slug},
-            statuses=[dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE],
-        ),
-        limit=1,
-    )
-    if not runs or runs[0].status != dg.DagsterRunStatus.FAILURE:
-        return ""
-    records = instance.get_records_for_run(runs[0].run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records
-    for record in records:
-        event = record.event_log_entry.dagster_event
-        data = event.step_failure_data if event else None
-        if data and data.user_failure_data and data.user_failure_data.description:
-            return f"{event.step_key}: {data.user_failure_data.description}"
-        if data and data.error:
-            return f"{event.step_key}: {data.error.message.strip()}"
-    return f"run {runs[0].run_id} failed (see its log)"

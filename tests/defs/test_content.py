@@ -276,8 +276,30 @@ def test_post_videos_render_checked_reels_with_voice_and_subtitles(trained) -> N
     assert row["aspect"] == "9:16" and row["subtitles"] == "engine"
     assert abs(row["lufs"] - -14) <= 1 and row["true_peak_db"] <= -1.4
     assert "data:image/jpeg;base64," in meta["thumbnail"]
-    videos = [o.key for o in trained.list("personas/ava/content/2026-11-21/videos/")]
+    videos = [o.key for o in trained.list("personas/ava/content/2026-11-21/videos/") if o.key.endswith(".mp4")]
     assert videos == [f"personas/ava/content/2026-11-21/videos/{reels[0].id}-9x16.mp4"]
+    assert trained.path(videos[0]).stat().st_mode & 0o044 == 0o044, "reels are readable by the group and others"
+    cut = trained.read_bytes(videos[0])
+
+    with dg.instance_for_test() as instance:  # a backfill of a day already made (and maybe published)
+        instance.add_dynamic_partitions("personas", ["ava"])
+        again = dg.materialize(
+            [content_plan, post_images, post_videos],
+            partition_key=key(day="2026-11-21"),
+            instance=instance,
+            resources={
+                "media": media(trained),
+                "writer": WriterResource(),
+                "image_engine": ImageEngineResource(work_dir=str(trained.root.parent / "work")),
+                "voice": VoiceResource(),
+            },
+            run_config=dg.RunConfig(ops=config),
+        )
+    for node in ("content_plan", "post_images", "post_videos"):
+        assert again.asset_materializations_for_node(node)[0].metadata["kept_existing"].value is True, node
+    assert trained.read_bytes(videos[0]) == cut, "what may have been published is never re-rendered"
+    evaluations = [e.event_specific_data for e in again.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    assert sorted((e.check_name, e.passed) for e in evaluations) == [("brand_safety", True), ("reels_valid", True)]
     evaluations = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
     assert sorted((e.check_name, e.passed) for e in evaluations) == [("brand_safety", True), ("reels_valid", True)]
 

@@ -88,6 +88,8 @@ def test_embedded_trainer_and_engine_end_to_end(store, tmp_path) -> None:
     record = json.loads(store.read_bytes(f"personas/ava/lora/versions/{version}/manifest.json"))
     assert record["version"] == version and record["preset"]["name"] == "embedded-tiny"
     assert json.loads(store.read_bytes("personas/ava/manifests/lora_weights.json")) == record
+    mode = store.path(record["lora_key"]).stat().st_mode
+    assert mode & 0o044 == 0o044, f"LoRA written {oct(mode)}: a ComfyUI service under another user cannot read it"
     samples = meta(result, "lora_samples")
     assert samples["samples"] == 1 and 0 < samples["consistency_score"] <= 1 and samples["lora_version"] == version
     params = json.loads(store.read_bytes(f"personas/ava/lora/versions/{version}/samples/00.json"))
@@ -132,7 +134,8 @@ def test_kohya_trainer_and_comfyui_engine_end_to_end(store, tmp_path) -> None:
     assert deployed == [samples["lora"]]
     graphs = [json.dumps(r.body) for r in submitted]
     assert len(graphs) == 2 and all(samples["lora"] in g for g in graphs)
-    assert json.loads(store.read_bytes("personas/ava/samples/01.json"))["engine"] == "comfyui"
+    samples_folder = f"personas/ava/lora/versions/{weights['version']}/samples/"
+    assert json.loads(store.read_bytes(samples_folder + "01.json"))["engine"] == "comfyui"
 
 
 def test_out_of_range_override_fails_at_once_with_the_range(store, tmp_path) -> None:
