@@ -26,9 +26,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from influencer_pipeline.errors import InputError
 from influencer_pipeline.media.keys import uploads_prefix
 from influencer_pipeline.media.store import TOO_LARGE, MediaStore, UnsafeMediaError
+from influencer_pipeline.platforms import PLATFORMS
 
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,38}[a-z0-9])?$")
-PLATFORMS = ("instagram", "facebook", "youtube", "tiktok")
 PROFILE_NAME = "persona.yaml"
 MAX_PROFILE_BYTES = 64 * 1024  # a full profile is well under 2 KB
 MAX_LISTED_PROBLEMS = 20

@@ -34,8 +34,9 @@ from dataclasses import dataclass, fields, replace
 from datetime import timedelta
 from typing import Literal
 
-from influencer_pipeline.endpoints import GRAPH_API_VERSION, GRAPH_FACEBOOK, GRAPH_INSTAGRAM, rehome
+from influencer_pipeline.endpoints import rehome
 from influencer_pipeline.errors import InputError
+from influencer_pipeline.platforms import GRAPH_API_VERSION, GRAPH_FACEBOOK, GRAPH_INSTAGRAM, PLATFORMS
 
 INSTAGRAM_LOGIN = "instagram"  # Business Login for Instagram: graph.instagram.com
 FACEBOOK_LOGIN = "facebook"  # Facebook Login (for Business): graph.facebook.com
@@ -195,7 +196,6 @@ _INSTAGRAM_VIA_FACEBOOK = replace(
     unlink_hint="remove the app in Facebook, Settings > Business integrations",
 )
 
-PLATFORMS = tuple(BUILTIN)
 # (platform, login) -> provider; the first login listed for a platform is its default.
 LOGINS: dict[tuple[str, str], Provider] = {
     **{(platform, provider.login_type): provider for platform, provider in BUILTIN.items()},

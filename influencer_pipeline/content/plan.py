@@ -1,7 +1,7 @@
 """A day's content plan for one persona: the contract between writers, renderers and publishers.
 
-Platform limits live here so a writer's output is validated once, where it is produced, instead of failing
-at publish time. Limits are from the platforms' documentation (see docs/PUBLISHING.md).
+A writer's output is validated once, where it is produced, against the platforms' limits (kept with every other
+platform fact in `influencer_pipeline.platforms`), instead of failing at publish time.
 """
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Platform = Literal["instagram", "facebook", "youtube", "tiktok"]
-PostFormat = Literal["image", "carousel", "reel"]
+from influencer_pipeline.platforms import CAPTION_LIMITS, HASHTAG_LIMITS, YOUTUBE_TITLE_LIMIT, Platform
 
-CAPTION_LIMITS: dict[str, int] = {"instagram": 2200, "facebook": 63206, "youtube": 5000, "tiktok": 2200}
-HASHTAG_LIMITS: dict[str, int] = {"instagram": 30, "facebook": 30, "youtube": 15, "tiktok": 30}
-YOUTUBE_TITLE_LIMIT = 100
+__all__ = ["CAPTION_LIMITS", "HASHTAG_LIMITS", "YOUTUBE_TITLE_LIMIT", "ContentPlan", "PlannedPost", "Platform"]
+
+PostFormat = Literal["image", "carousel", "reel"]
 
 
 class PlannedPost(BaseModel):

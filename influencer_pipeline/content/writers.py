@@ -19,16 +19,10 @@ from datetime import UTC, date, datetime, time
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
-from influencer_pipeline.content.plan import (
-    CAPTION_LIMITS,
-    HASHTAG_LIMITS,
-    YOUTUBE_TITLE_LIMIT,
-    ContentPlan,
-    PlannedPost,
-    PostFormat,
-)
+from influencer_pipeline.content.plan import ContentPlan, PlannedPost, PostFormat
 from influencer_pipeline.errors import InputError
-from influencer_pipeline.personas import PLATFORMS, Persona
+from influencer_pipeline.personas import Persona
+from influencer_pipeline.platforms import CAPTION_LIMITS, HASHTAG_LIMITS, PLATFORMS, YOUTUBE_TITLE_LIMIT
 
 MAX_POSTS = 5
 VIDEO_PLATFORMS = frozenset({"tiktok", "youtube"})

@@ -6,11 +6,12 @@ as a last resort, the tile size) steps down until the file fits `MAX_BYTES`.
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Sequence
 
 from PIL import Image, ImageDraw
+
+from influencer_pipeline.images import encode_jpeg
 
 TILE = 128
 MAX_BYTES = 140_000
@@ -29,12 +30,12 @@ def thumbnail(image: Image.Image) -> Image.Image:
 def contact_sheet(thumbs: Sequence[Image.Image], max_bytes: int = MAX_BYTES) -> bytes:
     """JPEG bytes of `thumbs` in a grid, at most `max_bytes` long; a labelled placeholder when empty."""
     if not thumbs:
-        return _jpeg(_placeholder(), _QUALITIES[0])
+        return encode_jpeg(_placeholder(), _QUALITIES[0])
     tile = min(TILE, math.isqrt(_SHEET_PIXELS // len(thumbs)))
     while True:
         sheet = _grid(thumbs, tile)
         for quality in _QUALITIES:
-            data = _jpeg(sheet, quality)
+            data = encode_jpeg(sheet, quality)
             if len(data) <= max_bytes or (tile <= 16 and quality == _QUALITIES[-1]):
                 return data
         tile = tile * 3 // 4
@@ -56,9 +57,3 @@ def _placeholder() -> Image.Image:
     image = Image.new("RGB", (320, 80), _BACKGROUND)
     ImageDraw.Draw(image).text((16, 30), "no images kept: see the rejection reasons", fill=(230, 230, 230))
     return image
-
-
-def _jpeg(image: Image.Image, quality: int) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=quality, optimize=True)
-    return buffer.getvalue()

@@ -17,10 +17,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-import numpy as np
-from PIL import ExifTags, Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from influencer_pipeline.errors import InputError
+from influencer_pipeline.images import to_srgb
 from influencer_pipeline.ingest.settings import IngestSettings
 
 EXTENSIONS = {
@@ -47,8 +47,6 @@ _MAGIC = (
     (b"II*\x00", "TIFF"),
     (b"MM\x00*", "TIFF"),
 )
-_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
-_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 _REUPLOAD = "re-export the photo from the original (or upload it again; the transfer may have been cut short)"
 
 
@@ -121,27 +119,6 @@ def draft_size(size: tuple[int, int], resolution: int) -> tuple[int, int]:
     """The smallest size whose short side still covers `resolution`, for `Image.draft` to scale down to."""
     scale = resolution / min(size)
     return max(1, math.ceil(size[0] * scale)), max(1, math.ceil(size[1] * scale))
-
-
-def to_srgb(image: Image.Image, notes: list[str]) -> Image.Image:
-    """Convert any supported mode to 8-bit RGB, then any embedded non-sRGB RGB profile to sRGB."""
-    icc = image.info.get("icc_profile")
-    if image.mode == "CMYK":
-        return _cmyk_to_srgb(image, icc, notes)
-    if image.mode.startswith("I"):
-        notes.append(f"converted {image.mode} ({_bits(image.mode)}-bit) grayscale to 8-bit")
-        image = _to_8bit(image)
-    if image.mode == "P":
-        transparent = "transparency" in image.info
-        notes.append("converted palette (P) image to RGB" + (" with its transparency" if transparent else ""))
-        image = image.convert("RGBA" if transparent else "RGB")
-    if image.mode in _ALPHA_MODES:
-        notes.append(f"composited {image.mode} alpha on white")
-        image = _flatten_on_white(image)
-    if image.mode != "RGB":
-        notes.append(f"converted {image.mode} to RGB")
-        image = image.convert("RGB")
-    return _rgb_profile_to_srgb(image, icc, notes) if icc else image
 
 
 def _check_extension(key: str) -> None:
@@ -238,52 +215,3 @@ def _frame_notes(image: Image.Image) -> list[str]:
         return [f"animated {image.format}: used first frame of {frames}"]
     what = "primary image" if image.format == "MPO" else "first frame"
     return [f"multi-frame {image.format}: used the {what} of {frames}"]
-
-
-def _bits(mode: str) -> int:
-    return 16 if mode.startswith("I;16") else 32
-
-
-def _to_8bit(image: Image.Image) -> Image.Image:
-    """Scale 16-bit (or 32-bit integer holding 16-bit data) grayscale down to 0-255 instead of clipping."""
-    pixels = np.asarray(image).astype(np.float64)
-    if image.mode.startswith("I;16") or pixels.max(initial=0) > 255:
-        pixels = pixels / 257
-    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
-
-
-def _flatten_on_white(image: Image.Image) -> Image.Image:
-    rgba = image.convert("RGBA")
-    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(white, rgba).convert("RGB")
-
-
-def _cmyk_to_srgb(image: Image.Image, icc: bytes | None, notes: list[str]) -> Image.Image:
-    if icc:
-        try:
-            profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            converted = ImageCms.profileToProfile(image, profile, _SRGB, outputMode="RGB")
-        except (OSError, ImageCms.PyCMSError) as exc:
-            notes.append(f"embedded CMYK ICC profile unusable ({exc})")
-        else:
-            notes.append("converted CMYK to sRGB RGB using the embedded ICC profile")
-            return converted
-    notes.append("converted CMYK to sRGB RGB (no usable ICC profile: approximate colours)")
-    return image.convert("RGB")
-
-
-def _rgb_profile_to_srgb(image: Image.Image, icc: bytes, notes: list[str]) -> Image.Image:
-    """Convert a wide-gamut (Display P3, Adobe RGB...) embedded profile to sRGB; sRGB itself is left alone."""
-    try:
-        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        if profile.profile.xcolor_space.strip() != "RGB":
-            return image
-        name = ImageCms.getProfileDescription(profile).strip()
-        if "srgb" in name.lower():
-            return image
-        converted = ImageCms.profileToProfile(image, profile, _SRGB, outputMode="RGB")
-    except (OSError, ImageCms.PyCMSError) as exc:
-        notes.append(f"ignored an unreadable embedded ICC profile ({exc})")
-        return image
-    notes.append(f"converted embedded ICC profile '{name}' to sRGB")
-    return converted

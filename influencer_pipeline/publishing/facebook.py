@@ -23,7 +23,14 @@ from typing import Any
 
 import requests
 
-from influencer_pipeline.endpoints import GRAPH_API_VERSION, GRAPH_FACEBOOK, GRAPH_VIDEO_FACEBOOK, rehome
+from influencer_pipeline.endpoints import rehome
+from influencer_pipeline.platforms import (
+    CAROUSEL_MAX_ITEMS,
+    FACEBOOK_PHOTO_MAX_BYTES,
+    GRAPH_API_VERSION,
+    GRAPH_FACEBOOK,
+    GRAPH_VIDEO_FACEBOOK,
+)
 from influencer_pipeline.publishing.base import (
     CommitOutcomeUnknown,
     PostMedia,
@@ -43,8 +50,8 @@ from influencer_pipeline.publishing.meta_errors import GraphSession, MetaPublish
 
 log = logging.getLogger(__name__)
 
-MAX_PHOTO_BYTES = 4 * 1024 * 1024  # larger photos are rejected with 1366046 (§2.2)
-MAX_PHOTOS = 10
+MAX_PHOTO_BYTES = FACEBOOK_PHOTO_MAX_BYTES
+MAX_PHOTOS = CAROUSEL_MAX_ITEMS["facebook"]
 PUBLISHED_POSTS_LIMIT = 100
 STARTED_PHASES = ("in_progress", "complete")
 

@@ -23,7 +23,6 @@ means live, `FINISHED` means the commit never landed (§7.2).
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import tempfile
 import time
@@ -35,12 +34,23 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import requests
-from PIL import Image, ImageCms, ImageOps
+from PIL import Image, ImageOps
 
+from influencer_pipeline import images
 from influencer_pipeline.accounts.providers import FACEBOOK_LOGIN, INSTAGRAM_LOGIN
-from influencer_pipeline.endpoints import GRAPH_API_VERSION, GRAPH_FACEBOOK, GRAPH_INSTAGRAM, RUPLOAD_FACEBOOK, rehome
+from influencer_pipeline.endpoints import rehome
 from influencer_pipeline.errors import InputError
 from influencer_pipeline.media.store import MediaStore, S3MediaStore
+from influencer_pipeline.platforms import (
+    CAROUSEL_MAX_ITEMS as CAROUSEL_LIMITS,
+)
+from influencer_pipeline.platforms import (
+    GRAPH_API_VERSION,
+    GRAPH_FACEBOOK,
+    GRAPH_INSTAGRAM,
+    INSTAGRAM_IMAGE_MAX_BYTES,
+    RUPLOAD_FACEBOOK,
+)
 from influencer_pipeline.publishing.base import (
     CommitOutcomeUnknown,
     PostMedia,
@@ -54,10 +64,8 @@ from influencer_pipeline.redaction import excerpt
 
 log = logging.getLogger(__name__)
 
-MAX_IMAGE_BYTES = 8 * 1024 * 1024
-CAROUSEL_MAX_ITEMS = 10
-JPEG_QUALITIES = (92, 85, 75, 60)
-MIN_SIDE_PX = 32
+MAX_IMAGE_BYTES = INSTAGRAM_IMAGE_MAX_BYTES
+CAROUSEL_MAX_ITEMS = CAROUSEL_LIMITS["instagram"]
 QUOTA_WINDOW_S = 86400
 QUOTA_RETRY_FALLBACK_S = 3600.0  # when the listing cannot tell when the oldest publish leaves the window
 MEDIA_LIST_LIMIT = 100
@@ -118,7 +126,7 @@ def jpeg_for_meta(
         target = work_dir / f"{hashlib.sha256(path.read_bytes()).hexdigest()[:32]}.jpg"
         if target.exists():
             return target
-        rgb = _to_srgb(ImageOps.exif_transpose(image))
+        rgb = images.to_srgb(ImageOps.exif_transpose(image))
     work_dir.mkdir(parents=True, exist_ok=True)
     target.write_bytes(_encode_within(rgb, max_bytes))
     log.info("converted %s to JPEG for Meta (%s)", path.name, target.name)
@@ -130,48 +138,16 @@ def _acceptable(image: Image.Image, path: Path, keep_formats: Sequence[str], max
         image.format in keep_formats
         and image.mode in ("RGB", "L")
         and path.stat().st_size <= max_bytes
-        and _is_srgb_or_untagged(image)
+        and images.is_srgb_or_untagged(image)
     )
-
-
-def _is_srgb_or_untagged(image: Image.Image) -> bool:
-    icc = image.info.get("icc_profile")
-    if not icc:
-        return True
-    try:
-        return "srgb" in ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(icc))).lower()
-    except (OSError, ImageCms.PyCMSError):
-        return False
-
-
-def _to_srgb(image: Image.Image) -> Image.Image:
-    """RGB pixels in sRGB: transparency composited on white, an embedded profile converted when it can be."""
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    icc = image.info.get("icc_profile")
-    if icc:
-        try:
-            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            converted = ImageCms.profileToProfile(image, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
-            if converted is not None:
-                return converted
-        except (OSError, ImageCms.PyCMSError):
-            log.warning("could not read the embedded colour profile; converting without it")
-    return image.convert("RGB")
 
 
 def _encode_within(image: Image.Image, max_bytes: int) -> bytes:
     """Baseline JPEG at the best quality that fits, then smaller sizes; stops before the picture is useless."""
-    while min(image.size) >= MIN_SIDE_PX:
-        for quality in JPEG_QUALITIES:
-            buffer = io.BytesIO()
-            image.save(buffer, "JPEG", quality=quality, optimize=True, progressive=False)
-            if buffer.tell() <= max_bytes:
-                return buffer.getvalue()
-        image = image.resize((image.width * 3 // 4, image.height * 3 // 4), Image.Resampling.LANCZOS)
-    raise PublishError(f"cannot encode this image as a JPEG of at most {max_bytes} bytes", "permanent")
+    fitted = images.jpeg_within(image, max_bytes)
+    if fitted is None:
+        raise PublishError(f"cannot encode this image as a JPEG of at most {max_bytes} bytes", "permanent")
+    return fitted.data
 
 
 @dataclass(frozen=True)

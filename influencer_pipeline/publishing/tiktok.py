@@ -43,6 +43,7 @@ import requests
 
 from influencer_pipeline.endpoints import rehome
 from influencer_pipeline.errors import InputError
+from influencer_pipeline.platforms import TIKTOK_API
 from influencer_pipeline.publishing.base import (
     CommitOutcomeUnknown,
     ErrorKind,
@@ -58,8 +59,7 @@ from influencer_pipeline.retry_after import retry_after_seconds
 log = logging.getLogger(__name__)
 
 PLATFORM = "tiktok"
-# Content Posting API host: https://developers.tiktok.com/doc/content-posting-api-reference-direct-post
-API_BASE = "https://open.tiktokapis.com"
+API_BASE = TIKTOK_API
 MiB = 1024 * 1024
 CONNECT_TIMEOUT_S = 10.0
 Mode = Literal["direct", "inbox"]

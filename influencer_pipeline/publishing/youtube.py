@@ -46,6 +46,7 @@ import requests
 
 from influencer_pipeline.endpoints import rehome
 from influencer_pipeline.errors import InputError
+from influencer_pipeline.platforms import CAPTION_LIMITS, YOUTUBE_SHORTS_MAX_S, YOUTUBE_TITLE_LIMIT, YOUTUBE_UPLOAD_URL
 from influencer_pipeline.publishing.base import (
     CommitOutcomeUnknown,
     ErrorKind,
@@ -61,11 +62,11 @@ from influencer_pipeline.retry_after import retry_after_seconds
 log = logging.getLogger(__name__)
 
 PLATFORM = "youtube"
-UPLOAD_URL = "https://www.googleapis.com/upload/youtube/v3/videos"  # videos.insert, resumable upload
+UPLOAD_URL = YOUTUBE_UPLOAD_URL  # videos.insert, resumable upload
 CHUNK_GRANULARITY = 256 * 1024  # every non-final chunk must be a multiple of this
-MAX_TITLE_CHARS = 100
-MAX_DESCRIPTION_BYTES = 5000
-SHORTS_MAX_S = 180.0  # uploads since 2024-10-15: square or vertical and at most three minutes
+MAX_TITLE_CHARS = YOUTUBE_TITLE_LIMIT
+MAX_DESCRIPTION_BYTES = CAPTION_LIMITS["youtube"]
+SHORTS_MAX_S = YOUTUBE_SHORTS_MAX_S  # uploads since 2024-10-15: square or vertical and at most three minutes
 SHORTS_TAG = "#Shorts"
 UPLOAD_CAP_WAIT_S = 24 * 3600.0  # `uploadLimitExceeded`: retry the next day, not sooner
 PACIFIC = ZoneInfo("America/Los_Angeles")  # YouTube quotas reset at midnight Pacific time

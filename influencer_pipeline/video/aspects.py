@@ -1,6 +1,7 @@
-"""Output frames for reels and which platform gets which.
+"""Which output frames to render for a set of platforms.
 
-Decision (reels, the only video format a content plan has): every platform gets 9:16 1080x1920.
+Decision (reels, the only video format a content plan has): every platform gets 9:16 1080x1920 (the frames and the
+table with their sources are in `influencer_pipeline.platforms`).
 - Instagram: since 2023 every single feed video is a Reel; 9:16 1080x1920 is the recommended size.
 - TikTok and YouTube Shorts: 9:16 (Shorts are vertical by definition).
 - Facebook: reels go through the Page `video_reels` endpoint, which wants 9:16 (>= 540x960, 1080x1920
@@ -14,35 +15,11 @@ Short); Instagram and TikTok stay 9:16 because they have no other video placemen
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Literal
 
 from influencer_pipeline.errors import InputError
+from influencer_pipeline.platforms import ASPECTS, LANDSCAPE, PLATFORM_ASPECTS, SQUARE, VERTICAL, Aspect, Placement
 
-Placement = Literal["reel", "feed"]
-
-
-@dataclass(frozen=True)
-class Aspect:
-    name: str  # "9:16"
-    width: int
-    height: int
-
-    @property
-    def slug(self) -> str:
-        """File-name friendly ("9x16"), for media keys like `reel-9x16.mp4`."""
-        return self.name.replace(":", "x")
-
-
-VERTICAL = Aspect("9:16", 1080, 1920)
-SQUARE = Aspect("1:1", 1080, 1080)
-LANDSCAPE = Aspect("16:9", 1920, 1080)
-ASPECTS = {aspect.name: aspect for aspect in (VERTICAL, SQUARE, LANDSCAPE)}
-
-PLATFORM_ASPECTS: dict[Placement, dict[str, tuple[Aspect, ...]]] = {
-    "reel": {"instagram": (VERTICAL,), "tiktok": (VERTICAL,), "youtube": (VERTICAL,), "facebook": (VERTICAL,)},
-    "feed": {"instagram": (VERTICAL,), "tiktok": (VERTICAL,), "youtube": (LANDSCAPE,), "facebook": (SQUARE,)},
-}
+__all__ = ["ASPECTS", "LANDSCAPE", "PLATFORM_ASPECTS", "SQUARE", "VERTICAL", "Aspect", "Placement", "aspects_for"]
 
 
 def aspects_for(platforms: Iterable[str], placement: Placement = "reel") -> list[Aspect]:
