@@ -234,7 +234,11 @@ class MutationAuthMiddleware:
                 await self.deny(scope, send, "this endpoint writes to the instance")
                 return
         elif path == GRAPHQL_PATH and not self.authorized(scope):
-            body = await read_body(receive)
+            if declared_length(scope["headers"]) > MAX_BODY_BYTES:
+                await discard_body(receive)  # a client still sending would get a reset instead of the answer
+                body = None
+            else:
+                body = await read_body(receive)
             if body is None:
                 await self.refuse(send, Refusal(413, f"GraphQL request body over {MAX_BODY_BYTES} bytes"))
                 return
@@ -284,6 +288,14 @@ def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
+def declared_length(headers: Iterable[tuple[bytes, bytes]]) -> int:
+    """The `Content-Length` a client announced (0 when absent or malformed): an oversized body is refused unread."""
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            return int(value) if value.strip().isdigit() else 0
+    return 0
+
+
 async def read_body(receive: Receive) -> bytes | None:
     """The whole request body (None past MAX_BODY_BYTES): the decision needs the document before the app runs."""
     chunks: list[bytes] = []
@@ -295,11 +307,23 @@ async def read_body(receive: Receive) -> bytes | None:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY_BYTES:
+            if message.get("more_body", False):
+                await discard_body(receive)
             return None
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
+
+
+async def discard_body(receive: Receive, limit: int = 4 * MAX_BODY_BYTES) -> None:
+    """Read and drop what is left of a refused body, up to `limit` bytes (past that the connection just closes)."""
+    size = 0
+    while size <= limit:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+        size += len(message.get("body", b""))
 
 
 def replaying(body: bytes, receive: Receive) -> Receive:

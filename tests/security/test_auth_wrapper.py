@@ -140,6 +140,35 @@ def test_a_flood_of_inspections_never_starves_other_requests(wrapper: Running) -
     print(f"/server_info answered with {20 - finished_when_info_answered} of 20 inspections still in flight")
 
 
+def test_an_oversized_chunked_body_is_refused_and_answered(wrapper: Running) -> None:
+    """No Content-Length (chunked): the guard reads up to the cap, drops the rest, and still answers 413."""
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"query": "{ version }", "pad": "'
+        for _ in range(MAX_BODY_BYTES // 65536 + 2):
+            yield b"x" * 65536
+        yield b'"}'
+
+    response = requests.post(f"{wrapper.url}/graphql", data=chunks(), timeout=DEADLINE_S)
+    assert response.status_code == 413
+
+
+def test_a_body_whose_last_chunk_crosses_the_cap_is_refused_without_waiting_for_more() -> None:
+    """The cap is crossed by the final chunk: nothing more will come, so the guard must not ask for more."""
+    import asyncio
+
+    messages = [
+        {"type": "http.request", "body": b"x" * MAX_BODY_BYTES, "more_body": True},
+        {"type": "http.request", "body": b"x", "more_body": False},
+    ]
+
+    async def receive() -> dict:
+        assert messages, "asked for more body after the last chunk"
+        return messages.pop(0)
+
+    assert asyncio.run(webserver_auth.read_body(receive)) is None
+
+
 @pytest.mark.parametrize(
     ("origin", "accepted"),
     [
