@@ -26,6 +26,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from typing import Any, Literal
 import requests
 
 from influencer_pipeline.redaction import redact_and_clip, redact_url
+from influencer_pipeline.retries import Backoff, Retryable, call_with_retries
 from influencer_pipeline.retry_after import retry_after_seconds
 
 SIGNATURE_HEADER = "X-Influencer-Signature"
@@ -95,11 +97,6 @@ class RetryPolicy:
     base_delay_s: float = 0.5
     max_delay_s: float = 8.0
     timeout_s: float = 5.0
-
-    def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds to wait after failed attempt number `attempt` (1-based); honours a 429's Retry-After."""
-        backoff = self.base_delay_s * 2 ** (attempt - 1)
-        return min(self.max_delay_s, max(backoff, retry_after or 0.0))
 
 
 def build_payload(event: RunEvent) -> dict[str, Any]:
@@ -210,26 +207,32 @@ def deliver(
     """
     policy = policy or RetryPolicy()
     name = redact_url(webhook.url)
-    outcome = ""
-    for attempt in range(1, policy.attempts + 1):
-        headers = signed_headers(body, secret, int(time.time()))
-        retry_after = None
+    attempts = 0
+
+    def attempt() -> int:
+        nonlocal attempts
+        attempts += 1
+        headers = signed_headers(body, secret, int(time.time()))  # signed afresh: a retry is never a stale replay
         try:
             response = requests.post(webhook.url, data=body, headers=headers, timeout=policy.timeout_s)
         except requests.RequestException as exc:
-            outcome = type(exc).__name__
-        else:
-            if 200 <= response.status_code < 300:
-                return attempt
-            outcome = f"HTTP {response.status_code}"
-            if not retryable(response.status_code):
-                raise NotificationError(f"webhook {name} refused the notification: {outcome}")
-            retry_after = _retry_after(response)
-        if attempt < policy.attempts:
-            wait = policy.delay(attempt, retry_after)
-            log.warning("webhook %s: %s on attempt %d; retrying in %.1f s", name, outcome, attempt, wait)
-            sleep(wait)
-    raise NotificationError(f"webhook {name} failed after {policy.attempts} attempts: {outcome}")
+            raise Retryable(type(exc).__name__) from None
+        if 200 <= response.status_code < 300:
+            return attempts
+        outcome = f"HTTP {response.status_code}"
+        if not retryable(response.status_code):
+            raise NotificationError(f"webhook {name} refused the notification: {outcome}")
+        retry_after = _retry_after(response)  # honoured up to max_delay_s: a sensor tick has 60 s in all
+        raise Retryable(outcome, None if retry_after is None else min(retry_after, policy.max_delay_s))
+
+    def on_retry(number: int, failure: Retryable, wait: float) -> None:
+        log.warning("webhook %s: %s on attempt %d; retrying in %.1f s", name, failure.reason, number, wait)
+
+    backoff = Backoff(first_s=policy.base_delay_s, max_backoff_s=policy.max_delay_s, max_retry_after_s=math.inf)
+    try:
+        return call_with_retries(attempt, retries=policy.attempts - 1, backoff=backoff, sleep=sleep, on_retry=on_retry)
+    except Retryable as failure:
+        raise NotificationError(f"webhook {name} failed after {policy.attempts} attempts: {failure.reason}") from None
 
 
 def notify(
