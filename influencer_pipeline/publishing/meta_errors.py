@@ -93,7 +93,7 @@ def is_not_ready(code: int | None, subcode: int | None) -> bool:
     return code == NOT_READY_CODE or subcode == NOT_READY_SUBCODE
 
 
-def parse_error(response: requests.Response) -> MetaError:
+def parse_error(response: requests.Response, token: str = "") -> MetaError:
     """Read Meta's `{"error": {...}}` envelope, rupload's `{"debug_info": {...}}`, or just the HTTP status."""
     try:
         body = response.json()
@@ -117,7 +117,7 @@ def parse_error(response: requests.Response) -> MetaError:
             message=f"{info.get('type', 'upload error')}: {info.get('message', '')}",
             is_transient=bool(info.get("retriable", False)),
         )
-    return MetaError(http_status=response.status_code, message=excerpt(response.text, 200))
+    return MetaError(http_status=response.status_code, message=excerpt(response.text, 200, token))
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -177,7 +177,7 @@ def _regain_minutes(header: str) -> list[float]:
 
 def error_for(response: requests.Response, what: str, token: str) -> MetaPublishError:
     """The classified, redacted error for a failed Meta response."""
-    error = parse_error(response)
+    error = parse_error(response, token)
     kind = classify(error)
     retry_after = retry_after_s(response.headers)
     if retry_after is None and kind == "throttle" and _is_anti_spam(error):

@@ -372,7 +372,7 @@ class YouTubePublisher:
     def _refusal(self, response: requests.Response, token: str, what: str) -> PublishError:
         """A classified PublishError for a non-success answer, with the platform's reason and what to do."""
         status, reason = response.status_code, _reason(response)
-        message = _error_message(response)
+        message = _error_message(response, token)
         kind, retry_after = self._classify(status, reason, response.headers)
         fix = _FIXES.get(reason) or _default_fix(kind)
         text = f"YouTube refused {what} (HTTP {status}, {reason or 'no reason'}): {message}. Fix: {fix}"
@@ -462,11 +462,11 @@ def _reason(response: requests.Response) -> str:
     return str(errors[0].get("reason") or error.get("status") or "")
 
 
-def _error_message(response: requests.Response) -> str:
+def _error_message(response: requests.Response, token: str) -> str:
     error = _json(response).get("error")
     if isinstance(error, dict) and error.get("message"):
         return str(error["message"])
-    return excerpt(response.text, 200).strip() or response.reason or "no message"
+    return excerpt(response.text, 200, token).strip() or response.reason or "no message"
 
 
 def _default_fix(kind: ErrorKind) -> str:

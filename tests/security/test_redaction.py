@@ -176,3 +176,26 @@ def test_plain_text_is_left_alone() -> None:
     text = "HTTP 429: Rate limit reached; the access token expired; basic plan; code 190/463; see https://x.example/a"
     assert redact(text) == text
     assert repr(Secret(KEY)) == "Secret('***')" and KEY not in f"{Secret(KEY)}"
+
+
+@pytest.mark.parametrize("platform", ["youtube", "meta"])
+def test_platform_errors_quote_a_non_json_body_without_the_token_prefix(platform: str) -> None:
+    """A proxy's HTML error page quoting the request's token near the 200-character cut (YouTube's `ya29.` and
+    Instagram Login's `IGAA` tokens have no shape the helper knows: only the token itself finds them)."""
+    import requests
+
+    from influencer_pipeline.publishing import meta_errors, youtube
+
+    token = "ya29.LEAKPREFIX-a0123456789abcdef0123456789" if platform == "youtube" else "IGAALEAKPREFIX0123456789ab"
+    response = requests.Response()
+    response.status_code, response.encoding = 502, "utf-8"
+    head = "<html>Bad gateway "
+    body = head + "." * (190 - len(head) - token.index(PREFIX)) + token  # the prefix ends at 198, inside the cut
+    assert body.index(PREFIX) + len(PREFIX) == 198
+    response._content = body.encode()
+    if platform == "youtube":
+        shown = youtube._error_message(response, token)
+    else:
+        shown = meta_errors.parse_error(response, token).message
+    assert "Bad gateway" in shown
+    assert PREFIX not in shown, shown
