@@ -18,8 +18,9 @@ from influencer_pipeline.defs.resources import (
     TrainerResource,
     resources_from_env,
 )
-from influencer_pipeline.defs.training import lora_samples, lora_weights
+from influencer_pipeline.defs.training import lora_samples, lora_weights, resolve_lora
 from influencer_pipeline.media import LocalMediaStore
+from influencer_pipeline.personas import parse_persona
 from influencer_pipeline.training.presets import list_presets
 from tests.defs.test_datasets import failure_text
 from tests.fakes import accelerate_command, fake_sd_scripts, fake_tokenizers
@@ -196,6 +197,10 @@ def test_lora_versions_are_kept_reused_and_never_overwritten(store, tmp_path) ->
         assert store.exists(f"personas/ava/lora/versions/{version}/manifest.json")
     assert json.loads(store.read_bytes("personas/ava/manifests/lora_weights.json"))["version"] == second["version"]
     assert [r.data["version"] for r in second["versions"].records] == [second["version"], first["version"]]
+
+    rolled_back = parse_persona("ava", f"lora_version: {first['version']}\n", "uploads/ava/persona.yaml")
+    assert resolve_lora(store, rolled_back, "", "post_images config")["version"] == first["version"]
+    assert resolve_lora(store, rolled_back, second["version"][:8], "post_images config")["version"] == second["version"]
 
     again = train(1)
     assert again["version"] == first["version"] and again["reused"]
