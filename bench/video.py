@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: make `tests.images` and the package importable
 
-from influencer_pipeline.video import ffmpeg, render, subtitles  # noqa: E402
+from influencer_pipeline.video import ffmpeg, graph, render, subtitles  # noqa: E402
 from influencer_pipeline.video.probe import probe  # noqa: E402
 from influencer_pipeline.video.render import ReelSpec, check_reel, render_reel  # noqa: E402
 from influencer_pipeline.video.subtitles import Word  # noqa: E402
@@ -123,9 +123,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15.0, help="reel length (the voice is 0.5 s shorter)")
     parser.add_argument("--rounds", type=int, default=2, help="alternate both runs; keep each one's best")
-    parser.add_argument("--upscale", type=int, default=render.UPSCALE, help="zoompan pre-scale (both sides)")
+    parser.add_argument("--upscale", type=int, default=graph.UPSCALE, help="zoompan pre-scale (both sides)")
     args = parser.parse_args()
-    render.UPSCALE = args.upscale
+    graph.UPSCALE = args.upscale
     voice_s = args.seconds - render.TAIL_S
     stills, voice, words = inputs(voice_s)
     spec = ReelSpec(stills=stills, voice=voice, words=words, width=WIDTH, height=HEIGHT, fps=FPS)

@@ -176,14 +176,14 @@ def test_rotated_or_transparent_stills_are_made_upright_rgb_first(tmp_path):
     exif[0x0112] = 6  # stored sideways, shown rotated 90 degrees: how phones save portraits
     Image.new("RGB", (300, 200), "red").save(tmp_path / "phone.jpg", exif=exif)
     Image.new("RGBA", (120, 80), (0, 0, 255, 0)).save(tmp_path / "alpha.png")
-    upright, size = render._readable_still(tmp_path / "phone.jpg", 0, tmp_path)
+    upright, size = render.readable_still(tmp_path / "phone.jpg", 0, tmp_path)
     assert (upright.name, size) == ("still-0.png", (200, 300))
-    flat, _ = render._readable_still(tmp_path / "alpha.png", 1, tmp_path)
+    flat, _ = render.readable_still(tmp_path / "alpha.png", 1, tmp_path)
     with Image.open(flat) as image:
         assert image.mode == "RGB" and image.getpixel((0, 0)) == (0, 0, 0)
     plain = tmp_path / "plain.png"
     Image.new("RGB", (64, 64)).save(plain)
-    assert render._readable_still(plain, 2, tmp_path) == (plain, (64, 64))  # used as is, no copy
+    assert render.readable_still(plain, 2, tmp_path) == (plain, (64, 64))  # used as is, no copy
 
 
 def test_video_clip_replaces_the_first_stills_motion(render, spec, tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 from influencer_pipeline.platforms import FASTSTART_DOC, MB, VideoRules
 from influencer_pipeline.publishing.preflight.report import Outcome, aspect_range, megabytes, with_suffix
 from influencer_pipeline.video import ffmpeg, probe
-from influencer_pipeline.video.render import AAC, SAMPLE_RATE, X264
+from influencer_pipeline.video.spec import AAC, SAMPLE_RATE, X264
 
 X264_KEPT = ("preset", "crf", "maxrate", "bufsize", "profile:v", "pix_fmt")
 ASPECT_TOLERANCE = 0.02  # 1080x1920 vs 9:16 exactly; encoders round sizes to even numbers
