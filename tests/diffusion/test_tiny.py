@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -19,18 +18,18 @@ def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("tiny-cache")
 
 
-def test_build_is_fast_deterministic_and_leaves_the_callers_rng_alone(tmp_path: Path) -> None:
-    build_tiny_sd(tmp_path / "warm")  # first call pays the diffusers/transformers import
+def test_build_is_small_deterministic_and_leaves_the_callers_rng_alone(tmp_path: Path) -> None:
+    build_tiny_sd(tmp_path / "warm")
     torch.manual_seed(123)
     expected_next = torch.rand(1)
     torch.manual_seed(123)
 
-    started = time.perf_counter()
     build_tiny_sd(tmp_path / "again")
-    elapsed = time.perf_counter() - started
 
-    assert elapsed < 1.0
     assert torch.rand(1) == expected_next
+    # What keeps every build cheap is its size, not a stopwatch (a wall-clock bound fails on a busy machine).
+    weights = sum(path.stat().st_size for path in (tmp_path / "again").rglob("*.safetensors"))
+    assert weights < 10 * 1024 * 1024, f"the tiny pipeline's weights grew to {weights / 1e6:.1f} MB"
     for part in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"):
         assert (tmp_path / "warm" / part).read_bytes() == (tmp_path / "again" / part).read_bytes()
     index = json.loads((tmp_path / "again" / "model_index.json").read_text())
