@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from influencer_pipeline.training.kohya import (
     is_retryable,
 )
 from influencer_pipeline.training.presets import list_presets, load_preset
-from tests.fakes import accelerate_command
+from tests.fakes import accelerate_command, fake_sd_scripts, fake_tokenizers
 
 RECORDINGS = Path(__file__).with_name("recordings")
 INTERFACE = json.loads((RECORDINGS / "sd_scripts_interface.json").read_text(encoding="utf-8"))
@@ -178,3 +180,50 @@ def test_error_lines_are_the_trainers_traceback_and_accelerates_verdict() -> Non
     assert not any("accelerate_cli.py" in line for line in lines)
     (killed,) = error_lines(recorded_lines("sigkill.log"))
     assert killed.endswith("died with <Signals.SIGKILL: 9>.")
+
+
+def run_fake(out: Path, tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> KohyaLog:
+    """The fake accelerate on the recorded run's shape (2 images, 128 px, batch 1, 2 epochs), parsed as the trainer
+    parses sd-scripts."""
+    dataset = tmp_path / "dataset"
+    dataset.mkdir(exist_ok=True)
+    for i in range(2):
+        (dataset / f"ava_{i:02d}.png").write_bytes(b"")  # the fake counts images; it does not decode them
+        (dataset / f"ava_{i:02d}.txt").write_text(f"ohwx, a woman, photo {i}\n", encoding="utf-8")
+    overrides = {"resolution": 128, "epochs": 2, "batch_size": 1, "repeats": 1, "mixed_precision": "no"}
+    req = TrainingRequest("ava", dataset, out, load_preset("sd15-standard", overrides), "ava")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.toml").write_text(dump_toml(args_config(req, "sd15.safetensors", fake_tokenizers(tmp_path / "t"))))
+    (out / "dataset.toml").write_text(dump_toml(dataset_config(req, "ohwx")))
+    script = fake_sd_scripts(tmp_path / "sd-scripts") / "train_network.py"
+    command = [*accelerate_command(), "launch", "--cpu", str(script), "--config_file", str(out / "config.toml")]
+    command += ["--dataset_config", str(out / "dataset.toml"), *extra]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, check=False)
+    log = KohyaLog()
+    log.feed(done.stdout + done.stderr)
+    log.close()
+    return log
+
+
+def test_the_fake_runs_resumes_and_records_state_as_the_real_one(tmp_path: Path) -> None:
+    states = json.loads((RECORDINGS / "train_states.json").read_text(encoding="utf-8"))
+    real = KohyaLog()
+    real.feed((RECORDINGS / "run.log").read_text(encoding="utf-8"))
+    fake = run_fake(tmp_path / "run", tmp_path)
+    assert (fake.step, fake.total_steps, fake.epoch, fake.total_epochs) == (real.step, real.total_steps, 2, 2)
+    assert set(fake.losses) == set(real.losses)
+    for name in ("ava-000001-state", "ava-state"):
+        saved = json.loads((tmp_path / "run" / name / "train_state.json").read_text())
+        assert saved == states[f"run (2 epochs): {name}"], name
+
+    out = tmp_path / "killed"
+    killed = run_fake(out, tmp_path, env={"FAKE_KOHYA_SIGKILL_AT_EPOCH": "2"})
+    (fake_verdict,) = error_lines(list(killed.lines))  # as in the recording: no traceback of its own, only this
+    (real_verdict,) = error_lines(recorded_lines("sigkill.log"))
+    assert fake_verdict.split(" died with ")[1] == real_verdict.split(" died with ")[1] == "<Signals.SIGKILL: 9>."
+    resumed = run_fake(out, tmp_path, "--resume", str(out / "ava-000001-state"), "--initial_epoch", "2")
+    real_resume = KohyaLog()
+    real_resume.feed((RECORDINGS / "resume.log").read_text(encoding="utf-8"))
+    assert (resumed.step, resumed.epoch) == (real_resume.step, real_resume.epoch) and set(resumed.losses) == {3, 4}
+    saved = json.loads((out / "ava-state" / "train_state.json").read_text())
+    assert saved == states["resume from ava-000001-state with --initial_epoch 2: ava-state"]
