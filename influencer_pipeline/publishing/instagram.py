@@ -206,7 +206,8 @@ class InstagramPublisher:
     `login` is how the account was linked (`instagram` or `facebook`): it picks the host, and whether reels may
     use the resumable upload (Facebook Login only; `resumable_reels=False` turns it off there too, sending reels
     and carousel videos as `video_url` through `media_host`). `base_url` re-homes every call to a proxy or a
-    stand-in, keeping the real host in the path. `poll_interval_s`/`max_wait_s` bound status polling;
+    stand-in, keeping the real host in the path. `poll_interval_s`/`max_wait_s` bound status polling (timed by
+    `clock`, waited with `sleep`: tests inject both);
     `timeout_s` is (connect, read) for every HTTP call; converted JPEGs go to `work_dir`.
     """
 
@@ -226,6 +227,7 @@ class InstagramPublisher:
         timeout_s: tuple[float, float] = (10.0, 120.0),
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         api = instagram_api(login, base_url)
         if resumable_reels and not api.rupload_base:
@@ -245,6 +247,7 @@ class InstagramPublisher:
         self.max_wait_s = max_wait_s
         self.graph = GraphSession(timeout_s, session)
         self.sleep = sleep
+        self.clock = clock
 
     def __repr__(self) -> str:
         return (
@@ -427,7 +430,7 @@ class InstagramPublisher:
             )
 
     def _wait_finished(self, container: str, token: str) -> None:
-        deadline = time.monotonic() + self.max_wait_s
+        deadline = self.clock() + self.max_wait_s
         while True:
             status_code, status = self._container_status(container, token)
             if status_code in ("FINISHED", "PUBLISHED"):
@@ -436,7 +439,7 @@ class InstagramPublisher:
                 raise _container_error(container, status)
             if status_code == "EXPIRED":
                 raise MetaPublishError(f"Instagram container {container} expired: prepare it again", "transient")
-            if time.monotonic() >= deadline:
+            if self.clock() >= deadline:
                 raise MetaPublishError(
                     f"Instagram container {container} still {status_code} after {self.max_wait_s:.0f} s", "transient"
                 )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -323,14 +322,20 @@ def test_image_outside_the_aspect_ratio_is_rejected_permanently(meta: MetaStandi
 
 def test_slow_processing_gives_up_within_the_bound(meta: MetaStandin, tmp_path: Path) -> None:
     meta.set_processing(polls=10_000)
-    pub = publisher(meta, tmp_path, max_wait_s=0.05)
+    now = [0.0]
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:  # a clock that moves only when the publisher waits
+        waits.append(seconds)
+        now[0] += seconds
+
+    pub = publisher(meta, tmp_path, poll_interval_s=5.0, max_wait_s=60.0, sleep=sleep, clock=lambda: now[0])
     handle = pub.prepare(post("reel", video(tmp_path)), meta.ig_token)
-    started = time.monotonic()
     with pytest.raises(PublishError) as caught:
         pub.wait_ready(handle, meta.ig_token)
 
-    assert caught.value.kind == "transient" and "IN_PROGRESS" in str(caught.value)
-    assert time.monotonic() - started < 1.0
+    assert caught.value.kind == "transient" and "IN_PROGRESS" in str(caught.value) and "after 60 s" in str(caught.value)
+    assert waits == [5.0] * 12  # polled every poll_interval_s until max_wait_s had passed, then gave up
 
 
 # -- the commit: ambiguity and reconciliation ----------------------------------------------------------------
