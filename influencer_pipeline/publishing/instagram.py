@@ -12,12 +12,19 @@ account's token works on one of them only, so the publisher is built for the log
   https://developers.facebook.com/docs/instagram-platform/instagram-api-with-facebook-login/content-publishing
   https://developers.facebook.com/docs/instagram-platform/content-publishing/resumable-uploads
 
-`prepare` creates the media container(s) (reference `social-apis.md` §1.3): images are converted to JPEG (the
-only format the spec names, §1.6) and handed to Meta as a public URL from a `MediaHost`; reels go up through the
-resumable upload (`rupload`, no public URL needed) where the login offers it, else as a `video_url`. `wait_ready`
-polls `status_code` (§1.4). `commit` reads `content_publishing_limit` first (the cap varies by account, §1.5) and
+`prepare` creates the media container(s) [publishing]: images are converted to JPEG (the only format the spec
+names [media]) and handed to Meta as a public URL from a `MediaHost`; reels go up through the resumable upload
+(`rupload`, no public URL needed) where the login offers it, else as a `video_url`. `wait_ready` polls
+`status_code` [container]. `commit` reads `content_publishing_limit` first (the cap varies by account, [limit]) and
 then calls `media_publish`, the one call that makes the post public. `reconcile` asks the container: `PUBLISHED`
-means live, `FINISHED` means the commit never landed (§7.2).
+means live, `FINISHED` means the commit never landed [container].
+
+Documents cited as [name] here:
+[publishing] https://developers.facebook.com/docs/instagram-platform/content-publishing
+[media] https://developers.facebook.com/docs/instagram-platform/instagram-graph-api/reference/ig-user/media
+[container] https://developers.facebook.com/docs/instagram-platform/instagram-graph-api/reference/ig-container
+[limit] https://developers.facebook.com/docs/instagram-platform/instagram-graph-api/reference/ig-user/content_publishing_limit
+[errors] https://developers.facebook.com/docs/instagram-platform/instagram-graph-api/reference/error-codes
 """
 
 from __future__ import annotations
@@ -70,7 +77,7 @@ QUOTA_WINDOW_S = 86400
 QUOTA_RETRY_FALLBACK_S = 3600.0  # when the listing cannot tell when the oldest publish leaves the window
 MEDIA_LIST_LIMIT = 100
 RECONCILE_LIST_LIMIT = 25
-MATCH_SLACK_S = 300.0  # clock skew allowed when matching a live post to this attempt (reference §7.2: t - 5 min)
+MATCH_SLACK_S = 300.0  # clock skew allowed when matching a live post to this attempt (5 min before the attempt began)
 DEFAULT_WORK_DIR = Path(tempfile.gettempdir()) / "influencer-pipeline-meta"
 
 
@@ -116,7 +123,7 @@ def jpeg_for_meta(
 ) -> Path:
     """`path` itself when Meta takes it as is, else a baseline sRGB JPEG copy under `work_dir`.
 
-    Instagram's spec is JPEG only (MPO excluded), sRGB, at most 8 MB (§1.6); generators emit PNG/WebP. The
+    Instagram's spec is JPEG only (MPO excluded), sRGB, at most 8 MB [media]; generators emit PNG/WebP. The
     copy is named by content hash, so repeating `prepare` reuses it. Orientation is applied before EXIF is
     dropped, transparency is flattened onto white, and quality then size step down until the file fits.
     """
@@ -299,7 +306,7 @@ class InstagramPublisher:
         return Published(media_id, self._permalink(media_id, token))
 
     def reconcile(self, handle: RemoteHandle, request: PublishRequest, token: str) -> Published | None:
-        """Ask the container (§1.4, §7.2): PUBLISHED → live; FINISHED/EXPIRED → never published; else undecidable.
+        """Ask the container [container]: PUBLISHED → live; FINISHED/EXPIRED → never published; else undecidable.
 
         Once the container says PUBLISHED this never raises: a failed media listing only costs the media id.
         """
@@ -351,7 +358,7 @@ class InstagramPublisher:
         )
 
     def _quota_frees_in(self, quota: PublishingQuota, token: str) -> float:
-        """Seconds until the oldest publish that keeps the account at its cap leaves the window (§1.5).
+        """Seconds until the oldest publish that keeps the account at its cap leaves the window [limit].
 
         The media listing also holds posts made by hand, which only makes this estimate later, never earlier.
         """
@@ -367,7 +374,7 @@ class InstagramPublisher:
     # -- containers ---------------------------------------------------------------------------------------
 
     def _prepare_carousel(self, request: PublishRequest, token: str, prepared_at: float) -> RemoteHandle:
-        """Children first (each FINISHED before the parent may name it, §1.3), then the parent with the caption."""
+        """Children first (each FINISHED before the parent may name it, [publishing]), then the parent with the caption."""
         if not 2 <= len(request.media) <= CAROUSEL_MAX_ITEMS:
             raise PublishError(
                 f"post {request.post_id}: an Instagram carousel takes 2 to {CAROUSEL_MAX_ITEMS} items, "
@@ -416,7 +423,7 @@ class InstagramPublisher:
         return container
 
     def _rupload(self, container: str, path: Path, token: str) -> None:
-        """Push the video bytes to rupload (§1.3); the URL is built from our base, never taken from a response,
+        """Push the video bytes to rupload [publishing]; the URL is built from our base, never taken from a response,
         so the token only ever goes to the host we configured."""
         size = path.stat().st_size
         with path.open("rb") as body:
@@ -458,7 +465,7 @@ class InstagramPublisher:
     # -- reading what is live -----------------------------------------------------------------------------
 
     def _find_live_media(self, handle: RemoteHandle, request: PublishRequest, token: str) -> Published:
-        """The live media for this attempt: same caption, published after the attempt began (§7.2)."""
+        """The live media for this attempt: same caption, published after the attempt began ([media], `timestamp`)."""
         try:
             media = self._recent_media(token, RECONCILE_LIST_LIMIT, "id,caption,timestamp,permalink")
         except PublishError as exc:
@@ -490,7 +497,7 @@ class InstagramPublisher:
         return [item for item in data if isinstance(item, dict)] if isinstance(data, list) else []
 
     def _permalink(self, media_id: str, token: str) -> str:
-        """Cosmetic: a live post is never failed because its permalink could not be read (§1.3 step 4)."""
+        """Cosmetic: a live post is never failed because its permalink could not be read [publishing]."""
         try:
             body = self.graph.request(
                 "GET",
@@ -534,7 +541,7 @@ def _only(request: PublishRequest, kind: str) -> PostMedia:
 
 
 def _container_error(container: str, status: str) -> MetaPublishError:
-    """A container in ERROR: the subcode in `status` says whether a new container can help (§1.4, §1.7)."""
+    """A container in ERROR: the subcode in `status` says whether a new container can help ([container], [errors])."""
     subcode = _subcode_in(status)
     # Unknown causes count as transient ("recreate the container"); the ledger's retry budget bounds them.
     error = MetaError(200, subcode=subcode, message=f"container {container} is ERROR: {status}", is_transient=True)
