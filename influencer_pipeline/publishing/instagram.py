@@ -374,7 +374,7 @@ class InstagramPublisher:
     # -- containers ---------------------------------------------------------------------------------------
 
     def _prepare_carousel(self, request: PublishRequest, token: str, prepared_at: float) -> RemoteHandle:
-        """Children first (each FINISHED before the parent may name it, [publishing]), then the parent with the caption."""
+        """Children first (each FINISHED before the parent may name it [publishing]), then the parent and caption."""
         if not 2 <= len(request.media) <= CAROUSEL_MAX_ITEMS:
             raise PublishError(
                 f"post {request.post_id}: an Instagram carousel takes 2 to {CAROUSEL_MAX_ITEMS} items, "
