@@ -1,13 +1,17 @@
-"""Facebook Page publisher: photo posts and videos, in two phases (reference `social-apis.md` §2, §7).
+"""Facebook Page publisher: photo posts and videos, in two phases (prepare, then one commit).
 
 Photos: `prepare` uploads each image to `/{page-id}/photos` with `published=false` (bytes pushed as `source`, so no
 public URL is needed and a repeat leaves only invisible photos); `commit` makes the one `/{page-id}/feed` post that
-attaches them, the same way for one photo or several (§2.2). `reconcile` matches the caption among the Page's
-`published_posts` since the attempt began (§7.2).
+attaches them, the same way for one photo or several [posts]. `reconcile` matches the caption among the Page's
+`published_posts` since the attempt began [posts].
 
-Videos: `prepare` runs the resumable upload's `start` and `transfer` phases (§2.3, method 2); `commit` is the
+Videos: `prepare` runs the resumable upload's `start` and `transfer` phases [video]; `commit` is the
 `finish` phase, which publishes, then waits (bounded) for processing so a video Meta fails to process is reported.
-A video object is one post at most, so `finish` again on the same upload session cannot post twice (§7.2).
+A video object is one post at most, so `finish` again on the same upload session cannot post twice [video].
+
+Documents cited as [name] here:
+[posts] https://developers.facebook.com/docs/pages-api/posts
+[video] https://developers.facebook.com/docs/video-api/guides/publishing
 """
 
 from __future__ import annotations
@@ -253,7 +257,7 @@ class FacebookPagePublisher:
         return RemoteHandle("facebook", video_id, extra)
 
     def _transfer(self, path: Path, session: str, offsets: tuple[int, int], token: str) -> None:
-        """Send the byte ranges Meta asks for until it answers start == end (§2.3); a range that does not move
+        """Send the byte ranges Meta asks for until it answers start == end [video]; a range that does not move
         forward is an error rather than an endless loop."""
         start, end = offsets
         with path.open("rb") as fh:
