@@ -1,10 +1,13 @@
 """Meta Graph API errors: classification, redaction, and the one request path both Meta publishers use.
 
-Instagram and Facebook Pages share Meta's error envelope, its codes and its rate-limit headers (reference
-`social-apis.md` §1.7, §1.8, §2.2), so one classifier turns every failure into a `PublishError` of the right kind
-with the platform's wait hint. Both publishers must also treat their commit call alike (§7): a failure that may
-have happened *after* Meta acted (timeout, dropped connection, 5xx, an unknown server error) becomes
-`CommitOutcomeUnknown`, never a retryable error, so the caller reconciles instead of posting twice.
+Instagram and Facebook Pages share Meta's error envelope, its codes and its rate-limit headers
+(https://developers.facebook.com/docs/graph-api/guides/error-handling,
+https://developers.facebook.com/docs/instagram-platform/instagram-graph-api/reference/error-codes,
+https://developers.facebook.com/docs/graph-api/overview/rate-limiting), so one classifier turns every failure
+into a `PublishError` of the right kind with the platform's wait hint. Both publishers must also treat their commit
+call alike: a failure that may have happened *after* Meta acted (timeout, dropped connection, 5xx, an unknown
+server error) becomes `CommitOutcomeUnknown`, never a retryable error, so the caller reconciles instead of posting
+twice.
 
 Tokens travel only in the `Authorization` header, never in a URL, so neither an exception message from
 `requests` nor a urllib3 log line can carry one; error bodies are redacted anyway because Meta quotes a bad
@@ -31,7 +34,7 @@ from influencer_pipeline.retry_after import retry_after_seconds
 log = logging.getLogger(__name__)
 
 # An account blocked for spam or policy (2207051, 368, "posting too fast") must pause for hours, not seconds:
-# retry loops on these nearly got accounts disabled (reference §1.7, Postiz #832).
+# retry loops on these nearly got accounts disabled (https://github.com/gitroomhq/postiz-app/issues/832).
 ANTI_SPAM_PAUSE_S = 6 * 3600.0
 
 ANTI_SPAM_CODES = frozenset({368})
@@ -128,7 +131,7 @@ def _int_or_none(value: Any) -> int | None:
 
 
 def classify(error: MetaError) -> ErrorKind:
-    """Meta's code/subcode → the ledger's error kind; the most specific signal (subcode) wins (§1.7, §2.2)."""
+    """Meta's code/subcode → the ledger's error kind; the most specific signal (subcode) wins (error pages above)."""
     code, subcode = error.code, error.subcode
     if subcode in ANTI_SPAM_SUBCODES or code in ANTI_SPAM_CODES or subcode == PUBLISHING_LIMIT_SUBCODE:
         return "throttle"
@@ -147,7 +150,8 @@ def classify(error: MetaError) -> ErrorKind:
 
 def retry_after_s(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """The longest wait the platform asked for: `Retry-After` (seconds or a date) or the Business Use Case
-    header's `estimated_time_to_regain_access` (minutes, §1.8); None when the response gives no hint."""
+    header's `estimated_time_to_regain_access` (minutes, see the rate-limiting page above); None when the response
+    gives no hint."""
     hints: list[float] = []
     retry_after = headers.get("Retry-After")
     if retry_after:
