@@ -66,9 +66,9 @@ Mode = Literal["direct", "inbox"]
 PrivacyLevel = Literal["PUBLIC_TO_EVERYONE", "MUTUAL_FOLLOW_FRIENDS", "FOLLOWER_OF_CREATOR", "SELF_ONLY"]
 
 DONE = frozenset({"PUBLISH_COMPLETE", "SEND_TO_USER_INBOX"})
-UPLOAD_WINDOW = timedelta(minutes=50)  # upload_url lives about an hour (§4.4, verify); leave time for the upload
+UPLOAD_WINDOW = timedelta(minutes=50)  # upload_url lives about an hour (media transfer guide): leave time
 EXPIRES_AT = "expires_at"  # the handle key the orchestrator reads: after it, prepare a new post instead
-ACCOUNT_PAUSE_S = 6 * 3600.0  # anti-spam signals pause the account for hours (reference §7.3)
+ACCOUNT_PAUSE_S = 6 * 3600.0  # `spam_risk_*`: pause the account for hours, not seconds
 _AUTH_CODES = frozenset({"access_token_invalid", "scope_not_authorized", "scope_permission_missed"})
 _THROTTLE_CODES = {  # code -> wait when TikTok names none
     "rate_limit_exceeded": 60.0,
