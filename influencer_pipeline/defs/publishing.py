@@ -164,6 +164,8 @@ def published_posts(
 
     Publishes the day's due posts (scheduled and their time come, or retries due); every (post, account) runs the
     ledger's state machine, so a retry, a second run or a crash never posts twice.
+
+    Every persona's coming posts, in a week grid with thumbnails and playable reels: [open the studio](/studio).
     """
     day, slug = day_and_persona(context)
     store = media.get_store()
@@ -265,6 +267,7 @@ def day_result(
         "next_attempt": min(next_attempts).strftime("%Y-%m-%d %H:%M UTC") if next_attempts else "",
         "brand_safety_max_score": dg.MetadataValue.float(safety_score),
         "mode": publishing.mode,
+        "studio": dg.MetadataValue.url(f"/studio#{slug}"),  # served beside the UI by ops/webserver_auth.py
     }
     lines = [describe(s) for s in late]
     check = dg.AssetCheckResult(

@@ -103,10 +103,13 @@ def to_decisions(config: ReviewPostsConfig) -> list[Decision]:
         publish_at: datetime | None = None
         if post.action == Action.reschedule:
             where = f"posts[{index}].new_time ({post.post_id})"
+            if not post.new_time.strip():
+                raise InputError(where, "reschedule needs a new time", "set new_time, e.g. 2026-12-07T18:30:00+00:00")
             try:
                 publish_at = decisions.parse_time(post.new_time, where)
-            except ReviewError as exc:
-                raise InputError(where, str(exc).split(": ", 1)[-1], "write it as 2026-12-07T18:30:00+00:00") from None
+            except ReviewError:
+                rule = f"{post.new_time!r} is not a time with its timezone offset"
+                raise InputError(where, rule, "write it as 2026-12-07T18:30:00+00:00") from None
         wanted.append(Decision(config.persona, post.post_id, post.action.value, post.platform, publish_at))
     return wanted
 

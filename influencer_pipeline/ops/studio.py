@@ -71,14 +71,7 @@ def studio_routes(app: ASGIApp, instance: dg.DagsterInstance, path_prefix: str =
             today=datetime.now(UTC).date(),
             statuses=lambda persona, day: day_statuses(ledger, persona, day),
             accounts=AccountStore.from_env().list(),
-            failures=_failures(instance),
+            failures=lambda slugs: last_failures(instance, slugs),
         )
 
     return StudioRoutes(app, overview, store, path_prefix)
-
-
-def _failures(instance: dg.DagsterInstance) -> dict[str, Failure]:
-    """Failures for every persona partition the instance knows."""
-    from influencer_pipeline.defs.partitions import personas
-
-    return last_failures(instance, instance.get_dynamic_partitions(personas.name))

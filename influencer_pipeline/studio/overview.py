@@ -220,13 +220,15 @@ def build_overview(
     today: date,
     statuses: Callable[[str, str], list[PostStatus]],
     accounts: list[AccountLine | Any] | None = None,
-    failures: Mapping[str, Failure] | None = None,
+    failures: Callable[[list[str]], Mapping[str, Failure]] | None = None,
     days_ahead: int = DAYS_AHEAD,
 ) -> Overview:
     """Everything the page shows. `statuses(persona, day)` reads the ledger (`due.day_statuses`); `accounts`
-    are the linked accounts (anything with persona, platform, display_name, expires_at, health)."""
+    are the linked accounts (anything with persona, platform, display_name, expires_at, health); `failures(slugs)`
+    gives the last failure of each persona that has one."""
     days = [(today + timedelta(days=n)).isoformat() for n in range(days_ahead)]
     slugs, invalid = persona_folders(store)
+    last_failures = failures(slugs) if failures else {}
     cards = []
     for slug in slugs:
         card = PersonaCard(slug)
@@ -246,6 +248,6 @@ def build_overview(
             for a in (accounts or [])
             if a.persona == slug
         ]
-        card.failure = (failures or {}).get(slug)
+        card.failure = last_failures.get(slug)
         cards.append(card)
     return Overview(today, days, cards, invalid)

@@ -160,6 +160,9 @@ def test_approved_posts_go_out_through_the_sensor_held_and_late_ones_do_not(worl
     )
     assert run.success
     assert states(resources, TOMORROW) == {f"{TOMORROW}-1": "ready_to_post", f"{TOMORROW}-2": "held"}
+    metadata = run.asset_materializations_for_node("published_posts")[0].metadata
+    assert metadata["studio"] == dg.MetadataValue.url("/studio#ava"), "one click from the UI to the studio"
+    assert metadata["ready_to_post"].value == 1 and metadata["held"].value == 1
     bundles = sorted(p.parent.parent.name for p in (tmp_path / "outbox" / "ava").rglob("READY_TO_POST"))
     assert bundles == [f"{TOMORROW}-1"], "only the approved post was released"
 
