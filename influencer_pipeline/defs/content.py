@@ -11,7 +11,7 @@ from PIL import Image
 from pydantic import Field
 
 from influencer_pipeline.content.plan import ContentPlan
-from influencer_pipeline.defs.errors import user_errors_are_final
+from influencer_pipeline.defs.errors import check_ranges, ranged, user_errors_are_final
 from influencer_pipeline.defs.metadata import image_preview, table
 from influencer_pipeline.defs.partitions import calendar
 from influencer_pipeline.defs.resources import ImageEngineResource, MediaStoreResource, VoiceResource, WriterResource
@@ -162,13 +162,15 @@ def rendered_from(store: MediaStore, manifest_key: str) -> str | None:
 
 
 class PostImagesConfig(dg.Config):
-    steps: int = Field(25, ge=1, le=150, description="Sampling steps (1-150).")
-    cfg: float = Field(7.0, ge=1, le=30, description="Classifier-free guidance scale (1-30).")
-    image_size: int = Field(1024, ge=256, le=2048, multiple_of=8, description="Square posts and carousels.")
-    reel_width: int = Field(768, ge=256, le=2048, multiple_of=8, description="Stills for reels are 9:16.")
-    reel_height: int = Field(1344, ge=256, le=2048, multiple_of=8)
-    lora_strength: float = Field(0.9, ge=-10, le=10)
-    negative_prompt: str = "lowres, blurry, deformed hands, extra fingers, watermark, text, logo"
+    steps: int = ranged(25, 1, 150, "Sampling steps")
+    cfg: float = ranged(7.0, 1, 30, "Classifier-free guidance scale")
+    image_size: int = ranged(1024, 256, 2048, "Square posts and carousels, in pixels", multiple_of=8)
+    reel_width: int = ranged(768, 256, 2048, "Width of the 9:16 stills for reels", multiple_of=8)
+    reel_height: int = ranged(1344, 256, 2048, "Height of the 9:16 stills for reels", multiple_of=8)
+    lora_strength: float = ranged(0.9, -10, 10, "How strongly the persona's LoRA applies")
+    negative_prompt: str = Field(
+        "lowres, blurry, deformed hands, extra fingers, watermark, text, logo", description="What to keep out."
+    )
     lora_version: str = Field(
         "",
         description="Render with this LoRA version (an id from lora_weights' versions table); empty: the "
@@ -200,6 +202,7 @@ def post_images(
     store = media.get_store()
     prefix = content_prefix(slug, day) + "images/"
     with user_errors_are_final():
+        check_ranges(config, "post_images config")
         persona = load_persona(store, slug)
         plan = read_plan(store, slug, day)
         lora_record = resolve_lora(

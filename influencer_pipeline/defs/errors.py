@@ -7,8 +7,10 @@ that one message.
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import dagster as dg
+from pydantic import BaseModel, Field
 
 from influencer_pipeline.errors import InputError, ModelNotAvailableError
 
@@ -29,3 +31,34 @@ def user_errors_are_final() -> Iterator[None]:
     if message is not None:
         # Raised after the `except` and `from None`: Dagster then records no cause or context chain.
         raise final_failure(message) from None
+
+
+def ranged(default: object, low: float, high: float, description: str, multiple_of: int | None = None) -> Any:
+    """A config field whose range the launchpad shows in its description and `check_ranges` enforces.
+
+    Not a pydantic bound: pydantic checks config before the step's body runs, and Dagster retries that failure
+    like a crash (the retry policy of GPU steps), with a validation trace instead of the field and its fix.
+    """
+    step = f", a multiple of {multiple_of}" if multiple_of else ""
+    return Field(
+        default,
+        description=f"{description} ({low:g} to {high:g}{step})",
+        json_schema_extra={"range": [low, high, multiple_of]},
+    )
+
+
+def check_ranges(config: BaseModel, where: str) -> None:
+    """Every `ranged` field outside its range, in one InputError (raise it inside `user_errors_are_final`)."""
+    problems = []
+    for name, info in type(config).model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if "range" not in extra:
+            continue
+        low, high, multiple_of = extra["range"]
+        value = getattr(config, name)
+        if not low <= value <= high:
+            problems.append(f"'{name}': {value!r} is out of range {low:g} to {high:g}")
+        elif multiple_of and value % multiple_of:
+            problems.append(f"'{name}': {value!r} is not a multiple of {multiple_of}")
+    if problems:
+        raise InputError(where, "; ".join(problems), "use values within the ranges the launchpad shows")

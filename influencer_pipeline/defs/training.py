@@ -14,7 +14,7 @@ from PIL import Image
 from pydantic import Field
 
 from influencer_pipeline.defs.datasets import MIN_IMAGES, image_captions
-from influencer_pipeline.defs.errors import user_errors_are_final
+from influencer_pipeline.defs.errors import check_ranges, ranged, user_errors_are_final
 from influencer_pipeline.defs.metadata import image_preview, table
 from influencer_pipeline.defs.partitions import personas
 from influencer_pipeline.defs.resources import ImageEngineResource, MediaStoreResource, TrainerResource
@@ -124,12 +124,12 @@ class LoraTrainingConfig(dg.Config):
 
 class LoraSamplesConfig(dg.Config):
     prompts: list[str] = Field(default_factory=list, description="1-10 prompts; empty: persona.yaml test_prompts.")
-    negative_prompt: str = "lowres, blurry, deformed, watermark, text"
-    seed: int = 1234
-    steps: int = Field(20, ge=1, le=150)
-    cfg: float = Field(7.0, ge=1, le=30)
+    negative_prompt: str = Field("lowres, blurry, deformed, watermark, text", description="What to keep out.")
+    seed: int = Field(1234, description="Seed of the first sample; each next prompt adds 1.")
+    steps: int = ranged(20, 1, 150, "Sampling steps")
+    cfg: float = ranged(7.0, 1, 30, "Classifier-free guidance scale")
     size: int = Field(0, description="Square image size; 0: 64 for the embedded tiny model, else 512.")
-    lora_strength: float = Field(1.0, ge=-10, le=10)
+    lora_strength: float = ranged(1.0, -10, 10, "How strongly the new LoRA applies")
 
 
 def choose_preset(config: LoraTrainingConfig, persona: Persona, trainer: TrainerResource) -> LoraPreset:
@@ -409,6 +409,7 @@ def render_samples(
     slug = context.partition_key
     store = media.get_store()
     persona = load_persona(store, slug)
+    check_ranges(config, "lora_samples config")
     prompts = sample_prompts(config, persona)
     engine = image_engine.get_engine()
     size = config.size or (64 if image_engine.engine == "embedded" and image_engine.base_model == "tiny" else 512)

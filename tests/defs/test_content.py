@@ -364,3 +364,13 @@ def test_img2vid_without_comfyui_fails_at_once_with_the_fix(trained) -> None:
     assert not result.success
     text = failure_text(result)
     assert "post_videos.img2vid_clips: image-to-video clips need the ComfyUI engine" in text and "COMFYUI_URL" in text
+
+
+def test_out_of_range_render_settings_fail_at_once_with_every_range(trained) -> None:
+    """A range error is the creator's to fix: one message with every bad field, no retry of a GPU step."""
+    bad = {"steps": 500, "image_size": 250}
+    result = run(trained, [post_images], run_config=dg.RunConfig(ops={"post_images": {"config": bad}}))
+    assert not result.success
+    text = failure_text(result)
+    assert "'steps': 500 is out of range 1 to 150" in text and "'image_size': 250 is out of range 256 to 2048" in text
+    assert not any(e.event_type_value == "STEP_UP_FOR_RETRY" for e in result.all_events), "bad input is never retried"
