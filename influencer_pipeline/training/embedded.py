@@ -541,7 +541,8 @@ def kohya_state_dict(peft_state: dict[str, torch.Tensor], network_alpha: float) 
     """Convert a UNet LoRA from peft to kohya naming (`lora_unet_…lora_down.weight`, `.alpha`) for ComfyUI.
 
     diffusers' converter writes `alpha = rank`, right only when alpha equals dim; kohya scales by alpha/dim, so the
-    real `network_alpha` is written instead (B9 in reference/comfyui-kohya.md).
+    real `network_alpha` is written instead (`convert_state_dict_to_kohya` in
+    https://github.com/huggingface/diffusers/blob/main/src/diffusers/utils/state_dict_utils.py).
     """
     import torch
     from diffusers.utils import convert_state_dict_to_kohya
@@ -556,7 +557,8 @@ def kohya_state_dict(peft_state: dict[str, torch.Tensor], network_alpha: float) 
 
 
 class _Output:
-    """The trainer's files in `output_dir`, named as sd-scripts names them (see B7 in reference/comfyui-kohya.md)."""
+    """The trainer's files in `output_dir`, named as sd-scripts names them (`EPOCH_FILE_NAME` in
+    https://github.com/kohya-ss/sd-scripts/blob/main/library/train_util.py)."""
 
     def __init__(
         self, directory: Path, name: str, fingerprint: str, metadata: dict[str, str], network_alpha: float
