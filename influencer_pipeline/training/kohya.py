@@ -1,11 +1,12 @@
 """kohya-ss/sd-scripts as a trainer: TOML configs in, a streamed `accelerate launch` process, kohya files out.
 
 sd-scripts is a command-line program, so this module is its operator: it writes the dataset and argument TOMLs
-(`comfyui-kohya.md` B3/B4), launches `train_network.py` (or `sdxl_train_network.py`), parses the merged output as
-it streams (tqdm redraws its bar with `\\r`, so lines are split on `\\r` as well as `\\n`), reports progress at a
-bounded rate, notices epoch checkpoints as they land, and resumes from the newest `<name>-NNNNNN-state/` folder
-when a crashed attempt is retried. A terminated or overdue run has its whole process tree stopped (accelerate,
-the training process, data-loader workers) so no orphan keeps the GPU.
+(https://github.com/kohya-ss/sd-scripts/blob/main/docs/config_README-en.md), launches `train_network.py` (or
+`sdxl_train_network.py`), parses the merged output as it streams (tqdm redraws its bar with `\\r`, so lines are
+split on `\\r` as well as `\\n`), reports progress at a bounded rate, notices epoch checkpoints as they land, and
+resumes from the newest `<name>-NNNNNN-state/` folder when a crashed attempt is retried. A terminated or overdue run
+has its whole process tree stopped (accelerate, the training process, data-loader workers) so no orphan keeps the
+GPU.
 
 The flags, TOML keys and output this module relies on were recorded from the real sd-scripts
 (https://github.com/kohya-ss/sd-scripts, commit 48d368f) into tests/training/recordings/, and the tests hold the
