@@ -4,7 +4,8 @@
 returns a `RemoteHandle` that the ledger persists *before* `commit` is called. `commit` is the single
 side effect that publishes. When a commit ends ambiguously (timeout, 5xx, crash), the ledger never calls it
 again blindly: it calls `reconcile`, which reads the platform to learn whether the post went out.
-See `reference/social-apis.md` section 7 for the per-platform reconciliation rules.
+Each publisher's docstring says how it reconciles, with the platform page it reads (Instagram: the container's
+`status_code`; Facebook: the Page's `published_posts`; YouTube: the resumable session; TikTok: the post status).
 """
 
 from __future__ import annotations
