@@ -1,6 +1,6 @@
 """Drive one (post, account) through the ledger's state machine, so that no fault ever posts it twice.
 
-The rules, in the order a publish meets them (see `reference/social-apis.md` §7):
+The rules, in the order a publish meets them (each publisher's docstring cites the platform page it relies on):
 
 - A worker works on an attempt only while it holds the lease (`Ledger.claim`); every transition re-checks that,
   so a worker whose lease ran out stops before its next side effect.
