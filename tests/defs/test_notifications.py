@@ -1,4 +1,5 @@
-"""Run status sensors on a real SQLite instance: real runs, the sensors called as in reference §3.3, and the
+"""Run status sensors on a real SQLite instance: real runs, the sensors called as in
+https://docs.dagster.io/guides/automate/sensors/run-status-sensors, and the
 signed payload checked where a receiver sees it (an HTTP server on loopback)."""
 
 from __future__ import annotations
