@@ -1,6 +1,10 @@
 """A protocol-faithful Meta stand-in: Instagram content publishing, Facebook Pages and rupload, on one loopback port.
 
-Written from `reference/social-apis.md` §1–§2 so the publishers are tested against the wire contract rather than
+Written from Meta's public docs
+(https://developers.facebook.com/docs/instagram-platform/content-publishing,
+https://developers.facebook.com/docs/instagram-platform/instagram-graph-api/reference/ig-user/media,
+https://developers.facebook.com/docs/pages-api/posts, https://developers.facebook.com/docs/video-api/guides/publishing)
+so the publishers are tested against the wire contract rather than
 against themselves: containers with `status_code` (IN_PROGRESS → FINISHED | ERROR, PUBLISHED after
 `media_publish`), `content_publishing_limit` enforced on `media_publish` (code 9 / 2207042), image URLs fetched
 over HTTP and checked against the spec (JPEG only, ≤ 8 MB, aspect 4:5–1.91:1), the resumable upload, Page photos
@@ -542,7 +546,7 @@ class MetaStandin:
             raise GraphFault(9004, 2207052, f"The media could not be fetched from this uri: {exc}") from None
 
     def _fetch_image(self, url: str) -> bytes:
-        """Fetch and check an `image_url` against the spec (§1.6): JPEG only, ≤ 8 MB, aspect 4:5 to 1.91:1."""
+        """Fetch and check an `image_url` against the IG User Media spec: JPEG only, ≤ 8 MB, aspect 4:5 to 1.91:1."""
         data, _ = self._fetch(url)
         try:
             with Image.open(io.BytesIO(data)) as image:
