@@ -374,7 +374,7 @@ def test_commit_that_fails_before_landing_reconciles_to_none_and_recommits_once(
     with pytest.raises(CommitOutcomeUnknown):
         pub.commit(handle, request, meta.ig_token)
     assert pub.reconcile(handle, request, meta.ig_token) is None  # container still FINISHED: provably not live
-    published = pub.commit(handle, request, meta.ig_token)  # same container, as §7.1 allows
+    published = pub.commit(handle, request, meta.ig_token)  # same container, still FINISHED, so not yet published
 
     assert_live_once(meta, published)
 
