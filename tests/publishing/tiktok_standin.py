@@ -1,7 +1,7 @@
 """A TikTok Content Posting API stand-in on a random loopback port, served from a thread.
 
-It speaks the protocol of `reference/social-apis.md` §4 (all API calls `POST` JSON with a Bearer token, answers
-`{"data": {...}, "error": {"code", "message", "log_id"}}`):
+It speaks the protocol of https://developers.tiktok.com/doc/content-posting-api-reference-direct-post (all API calls
+`POST` JSON with a Bearer token, answers `{"data": {...}, "error": {"code", "message", "log_id"}}`):
 - `/v2/post/publish/creator_info/query/`: the creator's privacy options, disabled interactions, max duration.
 - `/v2/post/publish/video/init/` (direct post, scope `video.publish`) and `/v2/post/publish/inbox/video/init/`
   (scope `video.upload`) with FILE_UPLOAD `source_info`, checked against the chunk rules (scaled down by the
