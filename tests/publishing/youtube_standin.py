@@ -1,12 +1,13 @@
 """A YouTube Data API v3 resumable-upload stand-in on a random loopback port, served from a thread.
 
-It speaks the protocol of `reference/social-apis.md` §3.2: `POST /upload/youtube/v3/videos?uploadType=resumable`
-with the video resource opens a session (200 + `Location`); `PUT <session>` with `Content-Range: bytes a-b/N`
-stores a chunk (non-final chunks must be multiples of 256 KiB and must start where the stored bytes end) and answers
-`308` + `Range: bytes=0-<last stored>`, or `201` + the video resource once the last byte is in; `PUT <session>` with
-`Content-Range: bytes */N` probes (308 / 200 with the video / 410 when expired). Errors use Google's JSON shape
-(`error.errors[0].reason`); a bad token is echoed in the 401 message, so redaction is really tested. Projects are
-unaudited unless `audited=True`: their videos are locked private, as YouTube does.
+It speaks the protocol of https://developers.google.com/youtube/v3/guides/using_resumable_upload_protocol:
+`POST /upload/youtube/v3/videos?uploadType=resumable` with the video resource opens a session (200 + `Location`);
+`PUT <session>` with `Content-Range: bytes a-b/N` stores a chunk (non-final chunks must be multiples of 256 KiB and
+must start where the stored bytes end) and answers `308` + `Range: bytes=0-<last stored>`, or `201` + the video
+resource once the last byte is in; `PUT <session>` with `Content-Range: bytes */N` probes (308 / 200 with the video
+/ 410 when expired). Errors use Google's JSON shape (`error.errors[0].reason`); a bad token is echoed in the 401
+message, so redaction is really tested. Projects are unaudited unless `audited=True`: their videos are locked
+private, as YouTube does.
 
 Stricter than YouTube where that catches client mistakes: the client is built as in production with only
 `base_url` swapped (`endpoints.rehome`), so uploads arrive as `/www.googleapis.com/upload/youtube/v3/videos` and
