@@ -58,7 +58,7 @@ REPOSITORY = "__repository__"
 PERSONA = "ava"
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
 STOPPED_SENSORS = ("follow_upstream", "due_posts_sensor")
-# The smallest configs that still run every asset: as tests/n8n/test_workflows.py sends them.
+# The smallest configs that still run every asset: as tests/n8n/test_real_n8n.py sends them.
 PIPELINE_CONFIG = {
     "ops": {
         "lora_weights": {"config": {"preset": "embedded-tiny", "epochs": 1}},

@@ -23,7 +23,9 @@ MARKER="$CACHE_DIR/.installed-n8n-$N8N_VERSION-node-$NODE_VERSION"
 LOG="$CACHE_DIR/install.log"
 ATTEMPTS=3
 
-if [[ -f "$MARKER" && -x "$CACHE_DIR/bin/n8n" && -x "$CACHE_DIR/bin/node" ]]; then
+installed() { [[ -f "$MARKER" && -x "$CACHE_DIR/bin/n8n" && -x "$CACHE_DIR/bin/node" ]]; }
+
+if installed; then
     echo "$CACHE_DIR"
     exit 0
 fi
@@ -32,14 +34,32 @@ if ! command -v npm >/dev/null; then
     echo "n8n-install: npm is not on PATH; install Node.js (any version with npm) and run this again." >&2
     exit 1
 fi
+if [[ "$(uname -s)-$(uname -m)" != "Linux-x86_64" ]]; then
+    echo "n8n-install: this script installs the Linux x86-64 Node.js build; on $(uname -s)-$(uname -m) install" \
+        "Node.js $NODE_VERSION and n8n $N8N_VERSION yourself (npm install -g n8n@$N8N_VERSION)." >&2
+    exit 1
+fi
 
+# One install at a time (CI and a developer, or two test runs): the second waits, then finds it done.
+mkdir -p "$(dirname "$CACHE_DIR")"
+exec 9>"$CACHE_DIR.lock"
+flock 9
+if installed; then
+    echo "$CACHE_DIR"
+    exit 0
+fi
+# A half-finished install of ours is started over; anything else in the way is left alone.
+if [[ -e "$CACHE_DIR" && ! -f "$LOG" && -n "$(ls -A "$CACHE_DIR" 2>/dev/null)" ]]; then
+    echo "n8n-install: $CACHE_DIR exists and is not an install of this script; remove it or set N8N_CACHE_DIR." >&2
+    exit 1
+fi
 rm -rf "$CACHE_DIR"
 mkdir -p "$CACHE_DIR/node" "$CACHE_DIR/app/stubs/kafka-javascript" "$CACHE_DIR/bin"
 : >"$LOG"
 
 # npm's own retries cover single failed requests; the outer loop covers a whole install dying half way.
-NPM_FLAGS=(--no-audit --no-fund --no-update-notifier --loglevel=error --fetch-retries=5
-    --fetch-retry-mintimeout=10000 --fetch-retry-maxtimeout=120000)
+NPM_FLAGS=(--no-audit --no-fund --no-update-notifier --loglevel=error --fetch-retries=4
+    --fetch-retry-mintimeout=5000 --fetch-retry-maxtimeout=60000)
 
 npm_with_retries() {
     local dir=$1 what=$2
@@ -54,8 +74,7 @@ npm_with_retries() {
     done
     echo "n8n-install: could not install $what after $ATTEMPTS attempts. Last lines of $LOG:" >&2
     tail -n 40 "$LOG" >&2
-    echo "n8n-install: check that https://registry.npmjs.org is reachable (npm config get registry)," \
-        "then run $0 again." >&2
+    echo "n8n-install: check that the npm registry ($(npm config get registry)) is reachable, then run $0 again." >&2
     exit 1
 }
 

@@ -54,6 +54,16 @@ def test_references_to_other_nodes_name_the_output(name: str) -> None:
     assert not re.findall(r"\$\([^)]*\)\.(?:first|last|all)\(\)", text)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_if_conditions_use_no_regex(name: str) -> None:
+    """n8n 2.41 evaluates a filter's regex in a VM with a 250 ms limit ("Regular expression execution timed out"),
+    which a busy host exceeds, failing the execution; `equals` and a list's `includes` have no such limit."""
+    for node in load(name)["nodes"]:
+        if node["type"] == "n8n-nodes-base.if":
+            operations = {c["operator"]["operation"] for c in node["parameters"]["conditions"]["conditions"]}
+            assert "regex" not in operations, node["name"]
+
+
 def reachable(workflow: dict, start: str | None = None) -> set[str]:
     todo = [start] if start else [n["name"] for n in workflow["nodes"] if n["type"] in TRIGGERS]
     seen: set[str] = set()

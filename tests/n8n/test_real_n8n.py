@@ -125,6 +125,7 @@ def test_workflows_in_real_n8n_train_a_persona_make_its_day_and_take_signed_even
             check_refusals(n8n, receiver)
             check_failures_against_the_stand_in(n8n, standin, receiver)
             check_training(n8n, receiver)
+            check_unknown_preset(n8n, receiver)
             check_failed_retraining(n8n, dagster_dev, receiver)
             check_daily_content(n8n, dagster_dev, receiver)
 
@@ -229,17 +230,33 @@ def check_training(n8n: N8n, receiver: Endpoint) -> None:
     assert notification == {"event": "train_persona.finished", "n8nExecutionId": execution["id"], **body}
 
 
-def check_failed_retraining(n8n: N8n, url: str, receiver: Endpoint) -> None:
-    """An unknown preset fails the training run: 500 with the stage, job, step and the trainer's message, notified.
-    ava keeps the LoRA of the earlier training, which daily-content must still use."""
+def check_unknown_preset(n8n: N8n, receiver: Endpoint) -> None:
+    """An unknown preset is refused by Dagster at launch (the preset is a choice in the run config schema): 502
+    ERROR with stage `training` and Dagster's message; no training run; notified."""
     receiver.received.clear()
     answer, execution = train(n8n, "train-persona", TRAINING | {"preset": "no-such-preset"})
+    assert answer.status_code == 502, (answer.text, execution["status"])
+    body = answer.json()
+    assert body["status"] == "ERROR" and body["lora"] is None, body
+    failure = body["failure"]
+    assert failure["stage"] == "training" and failure["job"] == "persona_training" and failure["step"] is None, body
+    assert failure["message"].startswith("run config rejected:") and "no-such-preset" in failure["message"], body
+    assert body["runs"]["dataset"]["status"] == "SUCCESS" and "training" not in body["runs"], body
+    [(_, notification)] = receiver.received
+    assert notification["failure"] == failure and notification["status"] == "ERROR"
+
+
+def check_failed_retraining(n8n: N8n, url: str, receiver: Endpoint) -> None:
+    """A retraining whose step fails (5000 epochs: out of the preset's range, checked when lora_weights starts):
+    500 with the stage, job, step and the trainer's message, notified. ava keeps the LoRA of the first training,
+    which daily-content must still use."""
+    receiver.received.clear()
+    answer, execution = train(n8n, "train-persona", TRAINING | {"training": {"epochs": 5000}})
     assert answer.status_code == 500, (answer.text, execution["status"])
     body = answer.json()
     assert body["status"] == "FAILURE" and body["lora"] is None, body
     assert body["failure"]["stage"] == "training" and body["failure"]["job"] == "persona_training", body
-    assert body["failure"]["step"] == "lora_weights", body
-    assert "LoRA preset 'no-such-preset'" in body["failure"]["message"], body
+    assert body["failure"]["step"] == "lora_weights" and "5000" in body["failure"]["message"], body
     assert body["runs"]["dataset"]["status"] == "SUCCESS" and body["runs"]["training"]["status"] == "FAILURE"
     [(_, notification)] = receiver.received
     assert notification["failure"] == body["failure"] and notification["status"] == "FAILURE"
