@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import subprocess
 import time
 import wave
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ import requests
 
 from influencer_pipeline.errors import InputError
 from influencer_pipeline.redaction import Secret, excerpt, redact, split_userinfo, url_password
+from influencer_pipeline.retries import Backoff, Retryable, RetryAfterTooLong, call_with_retries
 from influencer_pipeline.retry_after import retry_after_seconds
 from influencer_pipeline.voice.timing import VoiceTrack, atomic_output
 
@@ -45,21 +45,13 @@ class SpeechAPIError(RuntimeError):
     """The speech API could not produce audio; the message says what failed and what to do (never the key)."""
 
 
-class _Retryable(Exception):
-    """One failed attempt worth repeating: why, and how long the server asked us to wait (None: not said)."""
-
-    def __init__(self, reason: str, wait_s: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.wait_s = wait_s
-
-
 class OpenAISpeechVoice:
     """`Voice` backed by `POST {base_url}/audio/speech` (base_url like https://api.openai.com/v1).
 
     `timeout_s` bounds each attempt from connecting to the last byte; `max_retries` is how many times a
-    retryable failure is repeated; `backoff_s` is the first wait (doubling, with jitter) when the server names
-    none; a server asking to wait longer than `max_wait_s` fails at once rather than stalling the run.
+    retryable failure is repeated; `backoff_s` is the first wait (doubling, with up to half of it again as jitter)
+    when the server names none; a server asking to wait longer than `max_wait_s` fails at once rather than stalling
+    the run. Retries run through `influencer_pipeline.retries` (tenacity), waiting with `sleep`.
     `api_key_env` is only named in error messages, so they can say where the key comes from.
     """
 
@@ -75,6 +67,7 @@ class OpenAISpeechVoice:
         backoff_s: float = 1.0,
         max_wait_s: float = 60.0,
         api_key_env: str = "OPENAI_API_KEY",
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise InputError("base_url", f"{base_url!r} is not an http(s) URL", "use e.g. https://api.openai.com/v1")
@@ -89,6 +82,7 @@ class OpenAISpeechVoice:
         self.backoff_s = backoff_s
         self.max_wait_s = max_wait_s
         self.api_key_env = api_key_env
+        self._sleep = sleep
         self.name = f"openai-speech:{model}"
         self._api_key = Secret(api_key) if api_key else None
         self._url_password = url_password(self.url)
@@ -126,40 +120,43 @@ class OpenAISpeechVoice:
 
     def _request(self, body: dict[str, Any]) -> bytes:
         """The audio bytes, after up to `max_retries` retries of retryable failures."""
-        attempt = 0
-        while True:
-            try:
-                return self._attempt(body)
-            except _Retryable as failure:
-                if attempt == self.max_retries:
-                    raise SpeechAPIError(
-                        self._redact(
-                            f"the speech API at {self.url} failed {attempt + 1} times, last with {failure.reason}. "
-                            "Fix: check the server is up and not overloaded, then run again"
-                        )
-                    ) from None
-                wait = self._wait_before_retry(failure, attempt)
-                attempt += 1
-                note = f"speech API: {failure.reason}; retry {attempt} of {self.max_retries} in {wait:.1f} s"
-                log.warning("%s", self._redact(note))
-                time.sleep(wait)
 
-    def _wait_before_retry(self, failure: _Retryable, attempt: int) -> float:
-        """The server's Retry-After when it gave one, else exponential backoff with jitter; too long a wait fails."""
-        if failure.wait_s is None:
-            return min(self.backoff_s * 2**attempt * random.uniform(0.5, 1.0), self.max_wait_s)
-        if failure.wait_s > self.max_wait_s:
+        def on_retry(number: int, failure: Retryable, wait: float) -> None:
+            note = f"speech API: {failure.reason}; retry {number} of {self.max_retries} in {wait:.1f} s"
+            log.warning("%s", self._redact(note))
+
+        backoff = Backoff(
+            first_s=self.backoff_s,
+            jitter_s=self.backoff_s / 2,
+            max_backoff_s=self.max_wait_s,
+            max_retry_after_s=self.max_wait_s,
+        )
+        try:
+            return call_with_retries(
+                lambda: self._attempt(body),
+                retries=self.max_retries,
+                backoff=backoff,
+                sleep=self._sleep,
+                on_retry=on_retry,
+            )
+        except RetryAfterTooLong as too_long:
             raise SpeechAPIError(
                 self._redact(
-                    f"the speech API at {self.url} answered {failure.reason} and asks to wait {failure.wait_s:.0f} s, "
-                    f"longer than max_wait_s={self.max_wait_s:g}. Fix: check the account's rate limits and quota, "
-                    "then run again later"
+                    f"the speech API at {self.url} answered {too_long.failure.reason} and asks to wait "
+                    f"{too_long.wait_s:.0f} s, longer than max_wait_s={self.max_wait_s:g}. Fix: check the account's "
+                    "rate limits and quota, then run again later"
                 )
-            )
-        return failure.wait_s
+            ) from None
+        except Retryable as failure:
+            raise SpeechAPIError(
+                self._redact(
+                    f"the speech API at {self.url} failed {self.max_retries + 1} times, last with {failure.reason}. "
+                    "Fix: check the server is up and not overloaded, then run again"
+                )
+            ) from None
 
     def _attempt(self, body: dict[str, Any]) -> bytes:
-        """One POST, read to the end within `timeout_s`; retryable failures raise `_Retryable`."""
+        """One POST, read to the end within `timeout_s`; retryable failures raise `Retryable`."""
         headers = {"Authorization": f"Bearer {self._api_key.reveal()}"} if self._api_key else {}
         deadline = time.monotonic() + self.timeout_s
         try:
@@ -174,16 +171,16 @@ class OpenAISpeechVoice:
                 content = _read_until(response, deadline, self.timeout_s)
                 status, response_headers = response.status_code, response.headers
         except requests.Timeout:
-            raise _Retryable(f"no complete answer within timeout_s={self.timeout_s:g} s") from None
+            raise Retryable(f"no complete answer within timeout_s={self.timeout_s:g} s") from None
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-            raise _Retryable(f"a dropped or refused connection ({type(exc).__name__})") from None
+            raise Retryable(f"a dropped or refused connection ({type(exc).__name__})") from None
         except requests.RequestException as exc:
             raise SpeechAPIError(self._redact(f"the request to {self.url} failed: {exc}")) from None
         if status == 200:
             return content
         reason = f"HTTP {status}: {self._server_message(content)}"
         if status in RETRYABLE_STATUS:
-            raise _Retryable(reason, _retry_after(response_headers))
+            raise Retryable(reason, _retry_after(response_headers))
         raise SpeechAPIError(self._redact(self._refusal(status, reason, body["voice"])))
 
     def _refusal(self, status: int, reason: str, voice: str) -> str:
