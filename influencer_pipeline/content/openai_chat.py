@@ -7,10 +7,10 @@ then validated by `plan.py` and the persona rules. Anything else wrong is sent b
 problems listed, a bounded number of times, and then fails with those problems in the message: a plan is either
 valid or an error, never silently empty (the original project turned bad JSON into zero posts).
 
-Transport faults (429, 5xx, timeouts, dropped connections) are retried with exponential backoff and jitter,
-honouring Retry-After; a refused key is not retried, since it will not fix itself. The API key lives in a
-`Secret`, and every server text we quote is redacted (the key, URL credentials, token shapes) before it is cut
-short, so no exception, log line or repr can show the key or its first characters.
+Transport faults (429, 5xx, timeouts, dropped connections) are retried (`influencer_pipeline.retries`, on tenacity)
+with exponential backoff and jitter, honouring Retry-After; a refused key is not retried, since it will not fix
+itself. The API key lives in a `Secret`, and every server text we quote is redacted (the key, URL credentials, token
+shapes) before it is cut short, so no exception, log line or repr can show the key or its first characters.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from datetime import time as clock_time
@@ -51,6 +51,7 @@ from influencer_pipeline.content.writers import (
 )
 from influencer_pipeline.personas import Persona
 from influencer_pipeline.redaction import Secret, redact, redact_and_clip, split_userinfo, url_password
+from influencer_pipeline.retries import Backoff, Retryable, RetryAfterTooLong, call_with_retries
 from influencer_pipeline.retry_after import retry_after_seconds
 
 log = logging.getLogger(__name__)
@@ -64,15 +65,6 @@ MAX_BACKOFF_S = 60.0
 MAX_RETRY_AFTER_S = 300.0  # a longer wait is better left to the run's own retry policy than slept through here
 MAX_PROBLEMS = 6  # validation problems quoted back to the model and in the final error
 SERVER_TEXT_LIMIT = 300  # how much of a server's error message is quoted
-
-
-class _Transient(Exception):
-    """A fault worth retrying: `reason` for the log and final error, `retry_after` when the server gave one."""
-
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -101,6 +93,7 @@ class OpenAIChatWriter:
         invalid_output_retries: int = 2,
         backoff_s: float = 1.0,
         price_per_1k: tuple[float, float] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._shown_url = redact(self.base_url)  # a base URL may carry user:password@ (a proxy's credentials)
@@ -114,6 +107,7 @@ class OpenAIChatWriter:
         self.invalid_output_retries = invalid_output_retries
         self.backoff_s = backoff_s
         self.price_per_1k = price_per_1k
+        self._sleep = sleep  # waits between retries; tests record them instead of timing them
         self.name = f"openai-chat:{model}"
 
     def __repr__(self) -> str:
@@ -146,33 +140,35 @@ class OpenAIChatWriter:
     def _complete(self, session: requests.Session, messages: list[dict[str, str]], usage: WriterUsage) -> ChatReply:
         """One chat completion, retried on transport faults; adds every reply's tokens and cost to `usage`."""
         body = {"model": self.model, "messages": messages, "response_format": {"type": "json_object"}}
-        retry = 0
-        while True:
-            usage.attempts += 1
-            try:
-                return self._post(session, body, usage)
-            except _Transient as fault:
-                reason = self._redact(fault.reason)
-                if retry == self.max_retries:
-                    raise WriterError(
-                        f"{self._shown_url} failed {retry + 1} times in a row; last: {reason}. "
-                        "Fix: check the service status and base_url, or try again later"
-                    ) from None
-                wait = self._wait(retry, fault.retry_after, reason)
-                retry += 1
-                log.warning("%s: %s; retry %d of %d in %.2f s", self.name, reason, retry, self.max_retries, wait)
-                time.sleep(wait)
 
-    def _wait(self, retry: int, retry_after: float | None, reason: str) -> float:
-        """Retry-After when given (refusing absurd ones), else exponential backoff with jitter."""
-        if retry_after is None:
-            return min(self.backoff_s * 2**retry + random.uniform(0, self.backoff_s), MAX_BACKOFF_S)
-        if retry_after > MAX_RETRY_AFTER_S:
-            raise WriterError(
-                f"{self._shown_url} asks to wait {retry_after:.0f} s before retrying ({reason}). "
-                "Fix: try again later, or raise the account's rate limit"
+        def attempt() -> ChatReply:
+            usage.attempts += 1
+            return self._post(session, body, usage)
+
+        def on_retry(number: int, fault: Retryable, wait: float) -> None:
+            reason = self._redact(fault.reason)
+            log.warning("%s: %s; retry %d of %d in %.2f s", self.name, reason, number, self.max_retries, wait)
+
+        backoff = Backoff(
+            first_s=self.backoff_s,
+            jitter_s=self.backoff_s,
+            max_backoff_s=MAX_BACKOFF_S,
+            max_retry_after_s=MAX_RETRY_AFTER_S,
+        )
+        try:
+            return call_with_retries(
+                attempt, retries=self.max_retries, backoff=backoff, sleep=self._sleep, on_retry=on_retry
             )
-        return retry_after
+        except RetryAfterTooLong as too_long:
+            raise WriterError(
+                f"{self._shown_url} asks to wait {too_long.wait_s:.0f} s before retrying "
+                f"({self._redact(too_long.failure.reason)}). Fix: try again later, or raise the account's rate limit"
+            ) from None
+        except Retryable as fault:
+            raise WriterError(
+                f"{self._shown_url} failed {self.max_retries + 1} times in a row; last: {self._redact(fault.reason)}. "
+                "Fix: check the service status and base_url, or try again later"
+            ) from None
 
     def _post(self, session: requests.Session, body: dict[str, Any], usage: WriterUsage) -> ChatReply:
         url = f"{self._endpoint}/chat/completions"
@@ -180,10 +176,10 @@ class OpenAIChatWriter:
             auth = None if self._key.reveal() else self._basic
             response = session.post(url, json=body, headers=self._headers(), auth=auth, timeout=self.timeout_s)
         except requests.Timeout:
-            raise _Transient(f"no reply within {self.timeout_s:g} s") from None
+            raise Retryable(f"no reply within {self.timeout_s:g} s") from None
         except requests.ConnectionError as exc:
             detail = redact_and_clip(str(exc), SERVER_TEXT_LIMIT, self._key, url_password(self.base_url))
-            raise _Transient(f"connection failed ({type(exc).__name__}: {detail})") from None
+            raise Retryable(f"connection failed ({type(exc).__name__}: {detail})") from None
         if response.status_code in (401, 403):
             raise WriterError(
                 f"{self._shown_url} refused the API key (HTTP {response.status_code}: {self._server_text(response)}). "
@@ -197,7 +193,7 @@ class OpenAIChatWriter:
             )
         if response.status_code in RETRYABLE_STATUS:
             wait = retry_after_seconds(response.headers.get("Retry-After"))
-            raise _Transient(f"HTTP {response.status_code}: {self._server_text(response)}", wait)
+            raise Retryable(f"HTTP {response.status_code}: {self._server_text(response)}", wait)
         if response.status_code != 200:
             raise WriterError(
                 f"{self._shown_url} rejected the request (HTTP {response.status_code}: {self._server_text(response)}). "
@@ -210,15 +206,15 @@ class OpenAIChatWriter:
         try:
             data = response.json()
         except ValueError:
-            raise _Transient("HTTP 200 with a body that is not JSON") from None
+            raise Retryable("HTTP 200 with a body that is not JSON") from None
         if not isinstance(data, dict):
-            raise _Transient("HTTP 200 with a JSON body that is not an object")
+            raise Retryable("HTTP 200 with a JSON body that is not an object")
         self._add_usage(usage, data)
         choices = data.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             error = data.get("error")
             detail = error.get("message", "") if isinstance(error, dict) else ""
-            raise _Transient(f"HTTP 200 without choices {self._clip(str(detail))}".rstrip())
+            raise Retryable(f"HTTP 200 without choices {self._clip(str(detail))}".rstrip())
         message = choices[0].get("message") or {}
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list):  # some servers send content parts
