@@ -22,6 +22,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import queue
 import re
@@ -59,6 +60,7 @@ from influencer_pipeline.generation.workflows import (
     template_family,
 )
 from influencer_pipeline.redaction import excerpt, redact
+from influencer_pipeline.retries import Backoff, Retryable, call_with_retries
 
 log = logging.getLogger(__name__)
 
@@ -528,13 +530,21 @@ class ComfyUIEngine:
     def _submit(self, job: _Job, client_id: str) -> None:
         body = {"prompt": job.graph, "client_id": client_id, "prompt_id": job.prompt_id}
         what = f"submitting {job.where}"
-        for attempt in range(self.submit_retries + 1):
-            response = self._call("POST", "/prompt", what, json_body=body)
-            if response.status_code < 500 or attempt == self.submit_retries:
-                break
-            delay = self.retry_backoff_s * 2**attempt
-            log.warning("ComfyUI answered HTTP %s to %s; retrying in %.1f s", response.status_code, what, delay)
-            time.sleep(delay)
+        answers: list[requests.Response] = []
+
+        def attempt() -> requests.Response:  # a 5xx is retried (influencer_pipeline.retries); a 4xx is reported
+            answers.append(self._call("POST", "/prompt", what, json_body=body))
+            if answers[-1].status_code >= 500:
+                raise Retryable(f"HTTP {answers[-1].status_code}")
+            return answers[-1]
+
+        def on_retry(number: int, failure: Retryable, wait: float) -> None:
+            log.warning("ComfyUI answered %s to %s; retrying in %.1f s", failure.reason, what, wait)
+
+        backoff = Backoff(first_s=self.retry_backoff_s, max_backoff_s=math.inf)
+        with contextlib.suppress(Retryable):
+            call_with_retries(attempt, retries=self.submit_retries, backoff=backoff, on_retry=on_retry)
+        response = answers[-1]
         if response.status_code >= 500:
             raise ComfyUIError(
                 f"ComfyUI failed to queue {job.where}: HTTP {response.status_code} on all {self.submit_retries + 1} "
