@@ -11,7 +11,7 @@ import dagster as dg
 from dagster._core.events import DagsterEventType
 
 from influencer_pipeline.studio.app import ASGIApp, StudioRoutes
-from influencer_pipeline.studio.overview import Failure, Overview, build_overview
+from influencer_pipeline.studio.overview import Failure, Overview, build_overview, day_for_review
 
 RUNS_READ = 300  # the newest finished runs looked at for failures: enough for weeks of a few personas
 
@@ -74,4 +74,8 @@ def studio_routes(app: ASGIApp, instance: dg.DagsterInstance, path_prefix: str =
             failures=lambda slugs: last_failures(instance, slugs),
         )
 
-    return StudioRoutes(app, overview, store, path_prefix)
+    def day(persona: str, day: str) -> list[dict]:
+        ledger = ledger_from_env()
+        return day_for_review(store(), persona, day, lambda p, d: day_statuses(ledger, p, d))
+
+    return StudioRoutes(app, overview, store, day, path_prefix)

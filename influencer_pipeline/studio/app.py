@@ -9,13 +9,15 @@ the event loop that serves the UI.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 import anyio.to_thread
 
+from influencer_pipeline.errors import InputError
 from influencer_pipeline.media.store import MediaStore, UnsafeMediaError
 from influencer_pipeline.studio.overview import Overview
 from influencer_pipeline.studio.page import render
@@ -26,6 +28,7 @@ ASGIApp = Callable[
 ]
 STUDIO = "/studio"
 MEDIA = "/studio/media/"
+DAY = "/studio/day.json"  # ?persona=<slug>&day=YYYY-MM-DD: a day's posts for the approval workflow (n8n)
 CONTENT_TYPES = {
     ".png": "image/png",
     ".jpg": "image/jpeg",
@@ -41,8 +44,9 @@ class StudioRoutes:
     """ASGI: serve the studio page and its media; pass every other request to `app`."""
 
     def __init__(self, app: ASGIApp, overview: Callable[[], Overview], store: Callable[[], MediaStore],
-                 path_prefix: str = "") -> None:  # fmt: skip
-        self.app, self.overview, self.store, self.path_prefix = app, overview, store, path_prefix.rstrip("/")
+                 day: Callable[[str, str], list[dict[str, Any]]], path_prefix: str = "") -> None:  # fmt: skip
+        self.app, self.overview, self.store, self.day = app, overview, store, day
+        self.path_prefix = path_prefix.rstrip("/")
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -51,6 +55,8 @@ class StudioRoutes:
         path = scope["path"].removeprefix(self.path_prefix)
         if path.rstrip("/") == STUDIO:
             await self._page(scope, send)
+        elif path == DAY:
+            await self._day(scope, send)
         elif path.startswith(MEDIA):
             await self._media(scope, send, unquote(path.removeprefix(MEDIA)))
         else:
@@ -62,6 +68,18 @@ class StudioRoutes:
             return
         html = await anyio.to_thread.run_sync(lambda: render(self.overview(), self.path_prefix))
         await _respond(send, 200, html.encode(), "text/html; charset=utf-8", head=scope["method"] == "HEAD")
+
+    async def _day(self, scope: dict[str, Any], send: Any) -> None:
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        persona, day = (query.get(name, [""])[0] for name in ("persona", "day"))
+        try:
+            posts = await anyio.to_thread.run_sync(lambda: self.day(persona, day))
+        except (InputError, ValueError) as exc:
+            body = json.dumps({"error": f"{exc}. Ask for ?persona=<folder name>&day=YYYY-MM-DD"}).encode()
+            await _respond(send, 400, body, "application/json")
+            return
+        body = json.dumps({"persona": persona, "day": day, "posts": posts}).encode()
+        await _respond(send, 200, body, "application/json", head=scope["method"] == "HEAD")
 
     async def _media(self, scope: dict[str, Any], send: Any, key: str) -> None:
         suffix = "." + key.rsplit(".", 1)[-1].lower() if "." in key else ""

@@ -251,3 +251,30 @@ def build_overview(
         card.failure = last_failures.get(slug)
         cards.append(card)
     return Overview(today, days, cards, invalid)
+
+
+def day_for_review(
+    store: MediaStore, persona: str, day: str, statuses: Callable[[str, str], list[PostStatus]]
+) -> list[dict[str, Any]]:
+    """A persona's day as the approval workflow shows it to a person: one entry per post and platform, with its
+    state, time, caption and media keys (what `review_posts` and `posts approve` take as post id and platform)."""
+    validate_slug(persona, where="persona")
+    date.fromisoformat(day)
+    captions = captions_of_day(store, persona, day)
+    entries = []
+    for card in _post_cards(store, persona, day, statuses(persona, day)):
+        for platform, state in card.states.items():
+            entries.append(
+                {
+                    "post_id": card.post_id,
+                    "platform": platform,
+                    "state": state,
+                    "time": card.time.isoformat(),
+                    "format": card.format,
+                    "theme": card.theme,
+                    "caption": captions.get((card.post_id, platform), card.caption),
+                    "image_key": card.image_key,
+                    "video_key": card.video_key,
+                }
+            )
+    return entries

@@ -189,6 +189,18 @@ def test_the_page_and_its_media_are_served_beside_the_ui(studio: Studio) -> None
     assert requests.get(f"{studio.url}/server_info", timeout=60).ok, "the UI is still served"
 
 
+def test_a_day_is_served_as_json_for_the_approval_workflow(studio: Studio) -> None:
+    answer = requests.get(f"{studio.url}/studio/day.json", params={"persona": "ava", "day": TOMORROW}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    posts = {(p["post_id"], p["platform"]): p for p in answer.json()["posts"]}
+    assert set(posts) == {(f"{TOMORROW}-1", "instagram"), (f"{TOMORROW}-2", "instagram"), (f"{TOMORROW}-2", "tiktok")}
+    assert posts[(f"{TOMORROW}-1", "instagram")]["caption"] == HOSTILE
+    assert posts[(f"{TOMORROW}-2", "tiktok")]["video_key"].endswith(".mp4")
+    for params in ({"persona": "../ava", "day": TOMORROW}, {"persona": "ava", "day": "tomorrow"}):
+        refused = requests.get(f"{studio.url}/studio/day.json", params=params, timeout=60)
+        assert refused.status_code == 400 and "YYYY-MM-DD" in refused.json()["error"]
+
+
 @pytest.mark.parametrize(
     "path",
     [
