@@ -223,18 +223,9 @@ class FacebookPagePublisher:
         return [post for post in data if isinstance(post, dict)]
 
     def _post_permalink(self, post_id: str, token: str) -> str:
-        """Cosmetic: a live post is never failed because its permalink could not be read."""
-        try:
-            body = self.graph.request(
-                "GET",
-                f"{self.graph_base}/{post_id}",
-                token,
-                params={"fields": "permalink_url"},
-                what=f"Facebook permalink read for {post_id}",
-            )
-        except PublishError:
-            return ""
-        return str(body.get("permalink_url", ""))
+        return self.graph.cosmetic_field(
+            f"{self.graph_base}/{post_id}", token, "permalink_url", f"Facebook permalink read for {post_id}"
+        )
 
     # -- video --------------------------------------------------------------------------------------------
 

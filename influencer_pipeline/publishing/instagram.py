@@ -498,17 +498,9 @@ class InstagramPublisher:
 
     def _permalink(self, media_id: str, token: str) -> str:
         """Cosmetic: a live post is never failed because its permalink could not be read [publishing]."""
-        try:
-            body = self.graph.request(
-                "GET",
-                f"{self.graph_base}/{media_id}",
-                token,
-                params={"fields": "permalink"},
-                what=f"Instagram permalink read for {media_id}",
-            )
-        except PublishError:
-            return ""
-        return str(body.get("permalink", ""))
+        return self.graph.cosmetic_field(
+            f"{self.graph_base}/{media_id}", token, "permalink", f"Instagram permalink read for {media_id}"
+        )
 
     # -- helpers ------------------------------------------------------------------------------------------
 

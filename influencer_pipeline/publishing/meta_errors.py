@@ -245,6 +245,15 @@ class GraphSession:
         log.warning("%s", error)
         raise error
 
+    def cosmetic_field(self, url: str, token: str, field: str, what: str) -> str:
+        """One field of a Graph object (a permalink), or "" when it cannot be read: a live post is never failed
+        over a value that is only shown to people."""
+        try:
+            body = self.request("GET", url, token, params={"fields": field}, what=what)
+        except PublishError:
+            return ""
+        return str(body.get(field, ""))
+
     @staticmethod
     def _ambiguous(response: requests.Response, error: MetaPublishError) -> bool:
         """A 5xx or an unknown/transient server error on the commit may have come after the post went out."""
