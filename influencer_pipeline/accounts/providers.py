@@ -36,7 +36,7 @@ from typing import Literal
 
 from influencer_pipeline.endpoints import rehome
 from influencer_pipeline.errors import InputError
-from influencer_pipeline.platforms import GRAPH_API_VERSION, GRAPH_FACEBOOK, GRAPH_INSTAGRAM, PLATFORMS
+from influencer_pipeline.platforms import GRAPH_API_VERSION, GRAPH_FACEBOOK, GRAPH_INSTAGRAM, PLATFORMS, TIKTOK_API
 
 INSTAGRAM_LOGIN = "instagram"  # Business Login for Instagram: graph.instagram.com
 FACEBOOK_LOGIN = "facebook"  # Facebook Login (for Business): graph.facebook.com
@@ -166,8 +166,8 @@ BUILTIN: dict[str, Provider] = {
         client_id_env="TIKTOK_CLIENT_KEY",
         client_secret_env="TIKTOK_CLIENT_SECRET",
         authorize_url="https://www.tiktok.com/v2/auth/authorize/",
-        token_url="https://open.tiktokapis.com/v2/oauth/token/",
-        identity_url="https://open.tiktokapis.com/v2/user/info/",
+        token_url=f"{TIKTOK_API}/v2/oauth/token/",
+        identity_url=f"{TIKTOK_API}/v2/user/info/",
         scopes=("user.info.basic", "video.publish", "video.upload"),
         scope_separator=",",
         client_id_param="client_key",
@@ -175,10 +175,10 @@ BUILTIN: dict[str, Provider] = {
         loopback_path="/callback/",
         pkce="hex",  # TikTok's desktop guide hex-encodes the SHA-256 challenge; TIKTOK_PKCE_ENCODING overrides
         refresh="refresh_token",
-        refresh_url="https://open.tiktokapis.com/v2/oauth/token/",
+        refresh_url=f"{TIKTOK_API}/v2/oauth/token/",
         refresh_margin=timedelta(minutes=10),
         revoke="client_token",
-        revoke_url="https://open.tiktokapis.com/v2/oauth/revoke/",
+        revoke_url=f"{TIKTOK_API}/v2/oauth/revoke/",
         unlink_hint="remove the app in TikTok, Settings and privacy > Security > Manage app permissions",
         setup_hint="register the app as Desktop with redirect URI http://127.0.0.1:*/callback/",
     ),
