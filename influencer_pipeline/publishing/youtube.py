@@ -79,8 +79,8 @@ _FIXES = {
     "uploadLimitExceeded": "the channel reached its upload cap; try again tomorrow",
     "youtubeSignupRequired": "the Google account has no YouTube channel: create one, then link it again",
     "forbidden": "the account may not upload videos: check the channel's status in YouTube Studio",
-    "invalidTitle": "shorten the title to 100 characters and remove '<' and '>'",
-    "invalidDescription": "shorten the description to 5000 bytes and remove '<' and '>'",
+    "invalidTitle": f"shorten the title to {MAX_TITLE_CHARS} characters and remove '<' and '>'",
+    "invalidDescription": f"shorten the description to {MAX_DESCRIPTION_BYTES} bytes and remove '<' and '>'",
     "invalidCategoryId": "use a category id that exists in the channel's region (default 22)",
 }
 
