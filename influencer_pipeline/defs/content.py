@@ -52,7 +52,7 @@ def read_plan(store: MediaStore, persona: str, day: str) -> ContentPlan:
 
 
 def published_count(instance: dg.DagsterInstance, partition: str) -> int:
-    """How many of the day's posts went out, as the last published_posts materialization recorded (0 if none).
+    """How many of the day's posts went out (or may have), as the last published_posts materialization recorded.
 
     Content of a day with published posts is never rewritten: the media must stay what the ledger says was posted.
     """
@@ -62,8 +62,13 @@ def published_count(instance: dg.DagsterInstance, partition: str) -> int:
     if not records:
         return 0
     materialization = records[0].asset_materialization
-    value = materialization.metadata.get("published") if materialization else None
-    return int(value.value) if value is not None else 0
+    metadata = materialization.metadata if materialization else {}
+    return sum(int(metadata[state].value) for state in OUT_OF_OUR_HANDS if state in metadata)
+
+
+# Post states whose media may already be in the world: posted, handed to a person in the outbox, sent but not
+# confirmed, or being sent. Their day's media must stay what they are.
+OUT_OF_OUR_HANDS = ("published", "ready_to_post", "unconfirmed", "pending")
 
 
 class ContentPlanConfig(dg.Config):
@@ -95,8 +100,8 @@ def content_plan(
             if published:
                 raise InputError(
                     f"content_plan {day}|{slug}: regenerate",
-                    f"{published} post(s) of this day were already published; a new plan would make the day's "
-                    "media differ from what was posted",
+                    f"{published} post(s) of this day were already published or handed to the outbox; a new plan "
+                    "would make the day's media differ from what was posted",
                     "plan another day, or copy the idea into a day that has not been published",
                 )
         if existing is not None and not config.regenerate:

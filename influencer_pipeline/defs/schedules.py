@@ -140,7 +140,7 @@ def plan_persona(
         return None, "already planned (launch daily_content with content_plan regenerate: true to rewrite it)"
     published = published_count(instance, str(partition))
     if published:
-        return None, f"plan is stale (persona.yaml changed) but {published} post(s) were published: kept as posted"
+        return None, f"plan is stale (persona.yaml changed) but {published} post(s) went out: kept as posted"
     return (
         dg.RunRequest(
             run_key=f"content:{day}:{slug}:{current[:12]}",

@@ -209,6 +209,23 @@ def test_a_day_with_a_plan_keeps_it_unless_regenerate_is_asked(trained) -> None:
     assert kept.asset_materializations_for_node("content_plan")[0].metadata["kept_existing"].value is True
     assert trained.read_bytes(f"personas/ava/content/{day}/plan.json") != before
 
+    made = trained.read_bytes(f"personas/ava/content/{day}/plan.json")
+    with dg.instance_for_test() as instance:  # the day's bundles went to the outbox: its media are out there
+        instance.add_dynamic_partitions("personas", ["ava"])
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization("published_posts", partition=str(key(day=day)), metadata={"ready_to_post": 2})
+        )
+        refused = dg.materialize(
+            [content_plan],
+            partition_key=key(day=day),
+            instance=instance,
+            resources={"media": media(trained), "writer": WriterResource()},
+            run_config=regenerate,
+            raise_on_error=False,
+        )
+    assert not refused.success and "2 post(s) of this day were already published" in failure_text(refused)
+    assert trained.read_bytes(f"personas/ava/content/{day}/plan.json") == made
+
 
 def test_the_calendar_reaches_the_horizon() -> None:
     """The Materialize dialog must accept tomorrow and the next two weeks, not answer "Could not find partition"."""
