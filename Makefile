@@ -8,7 +8,7 @@ export MEDIA_ROOT ?= $(CURDIR)/media
 export WORK_DIR ?= $(CURDIR)/work
 export OUTBOX_DIR ?= $(CURDIR)/outbox
 
-.PHONY: demo test dev lint format bench snapshot clean
+.PHONY: demo test dev studio lint format bench snapshot clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,15 @@ demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 test: $(STAMP)
 	$(BIN)/pytest -n 2 --durations=15
 
+dev: export STUDIO_URL ?= http://127.0.0.1:3001/studio
 dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
+
+# The studio (every persona's coming posts) beside `make dev`: the token-guarded webserver on port 3001, same
+# instance. It only reads; its token (for GraphQL writes) is made up here and never shown.
+studio: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+	DAGSTER_GRAPHQL_TOKEN=$${DAGSTER_GRAPHQL_TOKEN:-$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(32))')} \
+		$(BIN)/python -m influencer_pipeline.ops.webserver_auth -h 127.0.0.1 -p 3001 -w workspace.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

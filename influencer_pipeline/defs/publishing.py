@@ -36,6 +36,7 @@ from influencer_pipeline.publishing.ledger import Ledger, default_url, shared_le
 from influencer_pipeline.publishing.orchestrator import RetryPolicy, publish_once, utc_now
 from influencer_pipeline.publishing.outbox import OutboxPublisher, outbox_account
 from influencer_pipeline.publishing.posts import prepare_posts
+from influencer_pipeline.studio import studio_url
 from influencer_pipeline.video import aspects_for
 
 # The clock and sleep of publishing: module attributes so a simulation can run a month on a fake clock.
@@ -267,7 +268,7 @@ def day_result(
         "next_attempt": min(next_attempts).strftime("%Y-%m-%d %H:%M UTC") if next_attempts else "",
         "brand_safety_max_score": dg.MetadataValue.float(safety_score),
         "mode": publishing.mode,
-        "studio": dg.MetadataValue.url(f"/studio#{slug}"),  # served beside the UI by ops/webserver_auth.py
+        "studio": dg.MetadataValue.url(studio_url(slug)),  # served beside the UI by ops/webserver_auth.py
     }
     lines = [describe(s) for s in late]
     check = dg.AssetCheckResult(

@@ -6,7 +6,6 @@ the same job over GraphQL with the decisions it collected (`resources/n8n/approv
 the ledger only, through `publishing/decisions.py` like the CLI; the due-posts sensor publishes what becomes due.
 """
 
-
 from datetime import datetime
 from enum import Enum
 from typing import Any
@@ -22,9 +21,9 @@ from influencer_pipeline.errors import InputError
 from influencer_pipeline.publishing import decisions, review
 from influencer_pipeline.publishing.decisions import Decision
 from influencer_pipeline.publishing.review import ReviewError
+from influencer_pipeline.studio import studio_url
 from influencer_pipeline.studio.overview import captions_of_day
 
-STUDIO_PATH = "/studio"
 OP_NAME = "record_decisions"  # the run config path: ops.record_decisions.config
 
 
@@ -164,7 +163,7 @@ def review_posts_op(
         metadata={
             "decisions": table(rows, columns),
             "applied": len(outcomes),
-            "studio": dg.MetadataValue.url(STUDIO_PATH),
+            "studio": dg.MetadataValue.url(studio_url(config.persona)),
         },
     )
 
@@ -174,7 +173,7 @@ def review_posts_op(
     partitions_def=calendar,
     config=review_config,
     description="Review a persona's day before it goes out: pick the date and persona partition, set each post's "
-    f"action (approve, hold, reschedule, publish_now, mark_posted) and launch. Overview: [studio]({STUDIO_PATH}).",
+    f"action (approve, hold, reschedule, publish_now, mark_posted) and launch. Overview: [studio]({studio_url()}).",
     tags={"kind": "review"},
 )
 def review_posts_job() -> None:

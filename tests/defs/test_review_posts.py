@@ -75,6 +75,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("WORK_DIR", str(tmp_path / "work"))  # what the launchpad's config reads
     monkeypatch.setenv("MEDIA_ROOT", str(tmp_path / "media"))
     monkeypatch.delenv("POST_LEDGER_URL", raising=False)
+    monkeypatch.delenv("STUDIO_URL", raising=False)  # the link is the wrapper's own /studio
     store = LocalMediaStore(tmp_path / "media")
     store.write_bytes("uploads/ava/persona.yaml", b"approval: required\n")
     resources = {
