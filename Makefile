@@ -22,6 +22,7 @@ $(DAGSTER_HOME)/dagster.yaml: resources/dagster/dagster.local.yaml
 	cp $< $@
 
 demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python -m influencer_pipeline.publishing.ledger
 	$(BIN)/python -m influencer_pipeline.demo
 
 test: $(STAMP)
@@ -29,6 +30,7 @@ test: $(STAMP)
 
 dev: export STUDIO_URL ?= http://127.0.0.1:3001/studio
 dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python -m influencer_pipeline.publishing.ledger
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
 
 # The studio (every persona's coming posts) beside `make dev`: the token-guarded webserver on port 3001, same
@@ -50,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/comfy_queue.py
 	$(BIN)/python bench/video.py
 	$(BIN)/python bench/launch.py
+	$(BIN)/python bench/due_tick.py
 
 snapshot: $(STAMP)
 	UPDATE_SNAPSHOTS=1 $(BIN)/pytest tests/defs/test_definitions.py

@@ -25,7 +25,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.engine import RowMapping
 
 from influencer_pipeline.publishing.ledger import ATTEMPTS, PLANNED, TERMINAL, Ledger
-from influencer_pipeline.publishing.review import PostKey, close_finished
+from influencer_pipeline.publishing.review import PostKey, close_finished, reopen
 
 STALE_AFTER = timedelta(minutes=30)
 # What a person sees per post (docs/PUBLISHING.md): the review states, then the attempt's.
@@ -107,7 +107,8 @@ def _joined(*where: object):  # type: ignore[no-untyped-def]
 def due_posts(ledger: Ledger, now: datetime, *, persona: str | None = None, day: str | None = None) -> list[DueItem]:
     """Every post to publish (or reconcile) now, oldest first; optionally one persona's day (what a run does)."""
     where = [
-        PLANNED.c.status == "scheduled",
+        # a failed post whose attempt an operator requeued straight in the ledger (`Ledger.requeue`) is due too
+        or_(PLANNED.c.status == "scheduled", and_(PLANNED.c.status == "failed", ATTEMPTS.c.state == "queued")),
         PLANNED.c.publish_at <= now,
         or_(PLANNED.c.lease_until.is_(None), PLANNED.c.lease_until < now),
         or_(ATTEMPTS.c.lease_until.is_(None), ATTEMPTS.c.lease_until < now),
@@ -120,8 +121,10 @@ def due_posts(ledger: Ledger, now: datetime, *, persona: str | None = None, day:
     query = _joined(and_(*where)).order_by(PLANNED.c.publish_at, PLANNED.c.id)
     with ledger.engine.begin() as connection:
         rows = list(connection.execute(query).mappings())
-    items, finished = [], []
+    items, finished, requeued = [], [], []
     for row in rows:
+        if row["status"] == "failed":
+            requeued.append(row["id"])
         if row["a_state"] in TERMINAL:
             finished.append(row["id"])  # its run died between the platform's answer and settling the row
             continue
@@ -136,6 +139,7 @@ def due_posts(ledger: Ledger, now: datetime, *, persona: str | None = None, day:
             )
         )
     close_finished(ledger, finished, now)
+    reopen(ledger, requeued, now)
     return items
 
 
@@ -197,11 +201,15 @@ def day_statuses(ledger: Ledger, persona: str, day: str) -> list[PostStatus]:
 
 
 def overdue_posts(ledger: Ledger, now: datetime, grace: timedelta) -> list[PostStatus]:
-    """Posts more than `grace` past their time that the pipeline owed and has not published: scheduled (still
-    retrying, or missed), blocked, failed or unconfirmed. Drafts, held posts and late approvals wait for a
-    person by design and are listed by `waiting_for_review` instead."""
+    """Posts the pipeline owed and has not published: failed, unconfirmed or blocked ones at once (their outcome
+    is known and needs a person), scheduled ones (still retrying, or never picked) once they are more than
+    `grace` past their time. Drafts, held posts and late approvals wait for a person by design and are listed
+    by `waiting_for_review` instead."""
     query = _joined(
-        PLANNED.c.status.in_(("scheduled", "blocked", "failed")), PLANNED.c.publish_at < now - grace
+        or_(
+            PLANNED.c.status.in_(("blocked", "failed")),
+            and_(PLANNED.c.status == "scheduled", PLANNED.c.publish_at < now - grace),
+        )
     ).order_by(PLANNED.c.publish_at, PLANNED.c.persona, PLANNED.c.post_id, PLANNED.c.platform)
     with ledger.engine.begin() as connection:
         return [s for s in (_status(row) for row in connection.execute(query).mappings()) if s.state != "published"]

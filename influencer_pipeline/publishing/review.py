@@ -378,6 +378,18 @@ def close_finished(ledger: Ledger, ids: Iterable[int], now: datetime) -> None:
             )
 
 
+def reopen(ledger: Ledger, ids: Iterable[int], now: datetime) -> None:
+    """Failed rows whose attempt was requeued in the ledger directly: scheduled again, like `requeue` does."""
+    ids = list(ids)
+    if ids:
+        with ledger.engine.begin() as connection:
+            connection.execute(
+                update(PLANNED)
+                .where(PLANNED.c.id.in_(ids), PLANNED.c.status == "failed")
+                .values(status="scheduled", updated_at=now)
+            )
+
+
 def _finish(ledger: Ledger, key: PostKey, worker: str, now: datetime, **values: Any) -> None:
     statement = (
         update(PLANNED)

@@ -49,10 +49,12 @@ def test_a_day_is_published_to_the_outbox_once_even_when_run_twice(trained, tmp_
             run_config=dg.RunConfig(ops=FAST),
             raise_on_error=False,
         )
-        # only_due=false is "publish now" for the whole day: the blocked reel is not late yet, the check passes
-        assert first.success, failure_text(first)
-        on_time = [e for e in first.get_asset_check_evaluations() if e.check_name == "posts_on_time"]
-        assert [e.passed for e in on_time] == [True]
+        # The blocked TikTok reel needs a person: the blocking posts_on_time check fails the run, naming it
+        # (the day's other posts went out; the materialization with the table is recorded all the same).
+        assert not first.success
+        [on_time] = [e for e in first.get_asset_check_evaluations() if e.check_name == "posts_on_time"]
+        assert not on_time.passed and "on tiktok: blocked" in on_time.description and "360" in on_time.description
+        assert [e.step_key for e in first.get_step_failure_events()] == ["published_posts"]
         with dg.build_sensor_context(instance=instance, resources=resources) as context:
             after_publish = due_posts_sensor(context)
         again = dg.materialize(

@@ -14,7 +14,7 @@ import pytest
 
 from influencer_pipeline.publishing import review
 from influencer_pipeline.publishing.due import day_statuses, due_posts, due_runs, overdue_posts, waiting_for_review
-from influencer_pipeline.publishing.ledger import Ledger
+from influencer_pipeline.publishing.ledger import AttemptKey, Ledger
 from influencer_pipeline.publishing.orchestrator import RetryPolicy, publish_once
 from influencer_pipeline.publishing.review import PlanEntry, PostKey, ReviewError
 from tests.publishing.fake_platform import START, FakeClock, FakePlatform, WorkerCrash, crash, rejected, transient
@@ -257,3 +257,15 @@ def test_a_finished_attempt_left_unsettled_by_a_dying_run_is_closed_not_picked(l
     assert due_runs(ledger, clock.now()) == []
     closed = review.get(ledger, PostKey("ava", "p-1", "fakegram"))
     assert closed is not None and closed.status == "published"
+
+
+def test_an_attempt_requeued_straight_in_the_ledger_is_due_again(ledger, clock) -> None:
+    """Operators following the older docs requeue with `Ledger.requeue`: the planned row must follow."""
+    fake = FakePlatform(clock)
+    plan(ledger, clock, posts=(("p-1", "fakegram", timedelta(minutes=1)),))
+    clock.advance(60)
+    fake.inject("commit", rejected("caption refused"))
+    assert run_day(ledger, fake, clock, "ava") == ["failed"]
+    ledger.requeue(AttemptKey("p-1", "acct-ava"), operator="me", now=clock.now(), detail="fixed")
+    assert run_day(ledger, fake, clock, "ava") == ["published"]
+    assert review.get(ledger, PostKey("ava", "p-1", "fakegram")).status == "published"
