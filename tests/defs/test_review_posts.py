@@ -208,3 +208,15 @@ def test_n8n_can_launch_it_without_a_partition(world) -> None:
     [row] = review.day_posts(resources["publishing"].ledger(), "ava", TOMORROW)
     assert (row.status, row.reviewer) == ("scheduled", "n8n:mia")
     assert json.loads(json.dumps(launchpad_config(TOMORROW)))  # the launchpad config is plain JSON
+
+
+def test_the_launchpad_explains_every_field_and_offers_the_actions_as_a_choice() -> None:
+    schema = review_posts_job.get_config_schema_snapshot()
+    fields = {}
+    for config_type in schema.all_config_snaps_by_key.values():
+        for field in config_type.fields or []:
+            fields[field.name] = field
+    for name in ("persona", "day", "reviewer", "posts", "post_id", "platform", "action", "new_time"):
+        assert fields[name].description, f"{name} has no description in the launchpad"
+    enums = [c for c in schema.all_config_snaps_by_key.values() if c.enum_values]
+    assert any({v.value for v in c.enum_values} >= {"approve", "hold", "reschedule", "publish_now"} for c in enums)
