@@ -21,7 +21,7 @@ NODE_VERSION=24.22.3
 CACHE_DIR="${N8N_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/influencer-pipeline/n8n-$N8N_VERSION}"
 MARKER="$CACHE_DIR/.installed-n8n-$N8N_VERSION-node-$NODE_VERSION"
 LOG="$CACHE_DIR/install.log"
-ATTEMPTS=3
+ATTEMPTS=2
 
 installed() { [[ -f "$MARKER" && -x "$CACHE_DIR/bin/n8n" && -x "$CACHE_DIR/bin/node" ]]; }
 
@@ -70,10 +70,10 @@ npm_with_retries() {
             return 0
         fi
         echo "n8n-install: installing $what failed (attempt $attempt of $ATTEMPTS), see $LOG" >&2
-        sleep $((attempt * 20))
+        if ((attempt < ATTEMPTS)); then sleep 30; fi
     done
     echo "n8n-install: could not install $what after $ATTEMPTS attempts. Last lines of $LOG:" >&2
-    tail -n 40 "$LOG" >&2
+    tail -n 25 "$LOG" >&2
     echo "n8n-install: check that the npm registry ($(npm config get registry)) is reachable, then run $0 again." >&2
     exit 1
 }

@@ -14,7 +14,7 @@ from tests.n8n.workflow_files import NAMES, http_requests, load
 
 GRAPHQL_CREDENTIAL = "Dagster GraphQL token"
 NOTIFY_CREDENTIAL = "Influencer notification webhook"
-TRIGGERS = {"n8n-nodes-base.webhook", "n8n-nodes-base.scheduleTrigger"}
+TRIGGERS = {"n8n-nodes-base.webhook", "n8n-nodes-base.scheduleTrigger", "n8n-nodes-base.manualTrigger"}
 OPTIONAL_BRANCHES = {"Notify URL set?"}  # IF nodes whose false branch deliberately does nothing
 
 

@@ -274,8 +274,9 @@ LORA_STATUS = """{ assetNodeOrError(assetKey: {path: ["lora_weights"]}) { ... on
 
 
 def check_daily_content(n8n: N8n, url: str, receiver: Endpoint) -> None:
-    """daily-content (run with `n8n execute`, as its schedule would) launches today's run for ava, whose latest
-    retraining failed but whose earlier LoRA exists; a second execution the same day launches nothing."""
+    """daily-content, run with `n8n execute` (its Run now trigger leads into the same nodes as its schedule),
+    launches today's run for ava, whose latest retraining failed but whose earlier LoRA exists; a second execution
+    the same day launches nothing."""
     today = datetime.now(UTC).date().isoformat()
     receiver.received.clear()
     n8n.cli("execute", "--id=ipDailyContent01", "--rawOutput")
