@@ -10,7 +10,7 @@ import graphql
 import pytest
 from dagster_graphql.schema import create_schema
 
-from tests.n8n.workflow_files import NAMES, http_requests, load
+from tests.n8n.workflow_files import ALL, NAMES, http_requests, load
 
 GRAPHQL_CREDENTIAL = "Dagster GraphQL token"
 NOTIFY_CREDENTIAL = "Influencer notification webhook"
@@ -18,7 +18,7 @@ TRIGGERS = {"n8n-nodes-base.webhook", "n8n-nodes-base.scheduleTrigger", "n8n-nod
 OPTIONAL_BRANCHES = {"Notify URL set?"}  # IF nodes whose false branch deliberately does nothing
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ALL)
 def test_workflow_is_an_importable_n8n_file(name: str) -> None:
     workflow = load(name)
     # `n8n import:workflow --input=<file>` inserts the file's own id (NOT NULL); n8n's ids are 16 alphanumerics.
@@ -45,7 +45,7 @@ def test_workflow_is_an_importable_n8n_file(name: str) -> None:
     assert reached == set(nodes), f"not reachable from a trigger: {set(nodes) - reached}"
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ALL)
 def test_references_to_other_nodes_name_the_output(name: str) -> None:
     """`$('Node').first()`/`.last()`/`.all()` without an output index read the output through which `Node` reaches
     the current node, which for a node with an error output can be the error output (n8n 2.x). Every reference
@@ -54,7 +54,7 @@ def test_references_to_other_nodes_name_the_output(name: str) -> None:
     assert not re.findall(r"\$\([^)]*\)\.(?:first|last|all)\(\)", text)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ALL)
 def test_if_conditions_use_no_regex(name: str) -> None:
     """n8n 2.41 evaluates a filter's regex in a VM with a 250 ms limit ("Regular expression execution timed out"),
     which a busy host exceeds, failing the execution; `equals` and a list's `includes` have no such limit."""

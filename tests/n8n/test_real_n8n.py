@@ -92,7 +92,7 @@ def import_and_publish(n8n: N8n, tmp_path: Path, workflows: list[dict]) -> None:
 
 @pytest.mark.slow
 def test_workflows_in_real_n8n_train_a_persona_make_its_day_and_take_signed_events(
-    dagster_dev: str, tmp_path: Path
+    n8n_installed: Path, dagster_dev: str, tmp_path: Path
 ) -> None:
     graphql_url = dagster_dev + "/graphql"
     stop_automation(dagster_dev)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "resources" / "n8n"
 NAMES = ["train-persona", "daily-content", "run-events"]
+ALL = sorted(path.stem for path in WORKFLOWS.glob("*.json"))  # every file `import:workflow --separate` takes
 
 
 def load(name: str) -> dict:
