@@ -156,12 +156,14 @@ class N8n:
             found.append({"id": str(execution_id), "status": status, "runData": run_data, "nodes": set(run_data)})
         return found
 
-    def wait_for_execution(self, workflow_id: str, known: int) -> dict[str, Any]:
-        """The first execution after the `known` ones, once it has finished (a webhook can answer before)."""
+    def wait_for_execution(self, workflow_id: str, known: int, parked: bool = False) -> dict[str, Any]:
+        """The first execution after the `known` ones, once it has finished (a webhook can answer before), or with
+        `parked`, also once a Wait node has parked it (`waiting`; n8n records that a moment after it answers)."""
+        unsettled = {"new", "running"} | (set() if parked else {"waiting"})
         deadline = time.monotonic() + 600
         while True:
             executions = self.executions(workflow_id)
-            if len(executions) > known and executions[known]["status"] not in ("new", "running", "waiting"):
+            if len(executions) > known and executions[known]["status"] not in unsettled:
                 return executions[known]
             assert time.monotonic() < deadline, f"no finished execution of {workflow_id}:\n{self.log_tail()}"
             time.sleep(0.5)

@@ -19,7 +19,7 @@ import requests
 from influencer_pipeline.notify import signed_headers
 from tests.n8n.n8n_server import N8n
 from tests.n8n.services import TOKEN, Endpoint, endpoint, stop_automation
-from tests.n8n.workflow_files import WORKFLOWS, load
+from tests.n8n.workflow_files import WORKFLOWS, http_requests, load
 
 SECRET = "run-events-secret"
 CALLER = {"X-Influencer-Caller": "caller-token", "Content-Type": "application/json"}
@@ -96,6 +96,7 @@ def test_workflows_in_real_n8n_train_a_persona_make_its_day_and_take_signed_even
 ) -> None:
     graphql_url = dagster_dev + "/graphql"
     stop_automation(dagster_dev)
+    assert_refused_without_the_token(graphql_url)
     n8n = N8n(tmp_path / "n8n", env=N8N_ENV)
     later = (datetime.now(UTC).hour + 12) % 24  # the schedule stays published but never fires during the test
     with endpoint() as receiver, endpoint(standin_answer) as standin:
@@ -128,6 +129,16 @@ def test_workflows_in_real_n8n_train_a_persona_make_its_day_and_take_signed_even
             check_unknown_preset(n8n, receiver)
             check_failed_retraining(n8n, dagster_dev, receiver)
             check_daily_content(n8n, dagster_dev, receiver)
+
+
+def assert_refused_without_the_token(graphql_url: str) -> None:
+    """The workflow's own launch request, sent without its credential, is refused and launches nothing: the
+    `Dagster GraphQL token` credential is what lets the workflows in."""
+    launch = next(spec for spec in http_requests(load("train-persona")) if spec.graphql and "launchRun" in spec.graphql)
+    refused = requests.post(graphql_url, json={"query": launch.graphql, "variables": {}}, timeout=30)
+    assert refused.status_code == 401, refused.text
+    runs = requests.post(graphql_url, json={"query": "{ runsOrError { ... on Runs { count } } }"}, timeout=30)
+    assert runs.json()["data"]["runsOrError"]["count"] == 0
 
 
 def check_run_events(n8n: N8n) -> None:
