@@ -129,8 +129,8 @@ def check_question(n8n: N8n, approver) -> str:
     assert (first["state"], first["platform"], first["caption"]) == ("draft", "instagram", "Market morning 1")
     assert requests.get(first["image"], timeout=60).headers["content-type"] == "image/png", "a link that shows it"
     assert "/webhook-waiting/" in question["answerUrl"]
-    executions = n8n.executions(WORKFLOW)
-    assert len(executions) == before + 1 and executions[-1]["status"] == "waiting"
+    parked = n8n.wait_for_execution(WORKFLOW, before, parked=True)  # n8n records "waiting" just after answering
+    assert parked["status"] == "waiting" and len(n8n.executions(WORKFLOW)) == before + 1
     return question["answerUrl"]
 
 
