@@ -280,6 +280,7 @@ def day_result(
         "studio": dg.MetadataValue.url(studio_url(slug)),  # served beside the UI by ops/webserver_auth.py
     }
     lines = [describe(s) for s in late]
+    review.mark_reported(ledger, [s.key for s in late], now)
     check = dg.AssetCheckResult(
         check_name=CHECK_NAME,
         passed=not late,

@@ -143,10 +143,28 @@ def due_posts(ledger: Ledger, now: datetime, *, persona: str | None = None, day:
     return items
 
 
+def unreported(ledger: Ledger, now: datetime) -> list[DueItem]:
+    """Failed or blocked posts that no posts_on_time check has named yet (their run died before its check): each
+    day with one gets a run, which publishes nothing new and reports them."""
+    query = select(PLANNED).where(
+        PLANNED.c.status.in_(("failed", "blocked")),
+        PLANNED.c.reported_at.is_(None),
+        or_(PLANNED.c.lease_until.is_(None), PLANNED.c.lease_until < now),
+    )
+    with ledger.engine.begin() as connection:
+        rows = list(connection.execute(query).mappings())
+    return [
+        DueItem(
+            PostKey(r["persona"], r["post_id"], r["platform"]), r["day"], r["publish_at"], "report", r["updated_at"]
+        )
+        for r in rows
+    ]
+
+
 def due_runs(ledger: Ledger, now: datetime, *, stale_after: timedelta = STALE_AFTER) -> list[DueRun]:
-    """The runs to request now: one per persona and day with due posts, each with its run key."""
+    """The runs to request now: one per persona and day with due posts or unreported failures, with its run key."""
     groups: dict[tuple[str, str], list[DueItem]] = defaultdict(list)
-    for item in due_posts(ledger, now):
+    for item in [*due_posts(ledger, now), *unreported(ledger, now)]:
         groups[(item.key.persona, item.day)].append(item)
     return [
         DueRun(persona, day, run_key(persona, day, items, now, stale_after), tuple(items))
@@ -159,7 +177,7 @@ def run_key(persona: str, day: str, items: Iterable[DueItem], now: datetime, sta
     parts = []
     for item in sorted(items, key=lambda i: i.key):
         epoch = int((now - item.version) / stale_after) if now > item.version else 0
-        parts.append(f"{item.key.post_id}/{item.key.platform}/{item.version.isoformat()}/{epoch}")
+        parts.append(f"{item.key.post_id}/{item.key.platform}/{item.attempt_state}/{item.version.isoformat()}/{epoch}")
     digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
     return f"publish:{day}:{persona}:{digest}"
 

@@ -199,6 +199,7 @@ class Planned(Base):
     lease_until: Mapped[datetime | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    reported_at: Mapped[datetime | None]  # when a posts_on_time check last named this failed or blocked post
 
 
 ATTEMPTS = Attempt.__table__

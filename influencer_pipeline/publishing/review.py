@@ -78,6 +78,7 @@ class PlannedView:
     lease_until: datetime | None
     created_at: datetime
     updated_at: datetime
+    reported_at: datetime | None
 
     @property
     def key(self) -> PostKey:
@@ -264,7 +265,7 @@ def requeue(ledger: Ledger, key: PostKey, *, operator: str, now: datetime, detai
         ledger.requeue(AttemptKey(view.post_id, account), operator=operator, now=now, detail=detail)
     elif view.status != "blocked":
         raise ReviewError(f"{_label(key)} is {view.status}; only a failed, unconfirmed or blocked post is requeued")
-    return _decide(ledger, view, now, status="scheduled", verdict=None, reviewer=operator)
+    return _decide(ledger, view, now, status="scheduled", verdict=None, reviewer=operator, reported_at=None)
 
 
 def _before_attempt(view: PlannedView, action: str) -> None:
@@ -334,7 +335,7 @@ def pick(ledger: Ledger, key: PostKey, *, worker: str, now: datetime, lease_unti
 
 def block(ledger: Ledger, key: PostKey, problems: Iterable[str], *, worker: str, now: datetime) -> None:
     """Pre-flight refused this content: record why, so it is neither retried every tick nor silently dropped."""
-    _finish(ledger, key, worker, now, status="blocked", verdict="; ".join(problems))
+    _finish(ledger, key, worker, now, status="blocked", verdict="; ".join(problems), reported_at=None)
 
 
 def settle(ledger: Ledger, key: PostKey, attempt: AttemptView, *, worker: str, now: datetime) -> None:
@@ -347,7 +348,7 @@ def settle(ledger: Ledger, key: PostKey, attempt: AttemptView, *, worker: str, n
         .where(ATTEMPTS.c.post_id == attempt.post_id, ATTEMPTS.c.account_id == attempt.account_id)
         .scalar_subquery()
     )
-    _finish(ledger, key, worker, now, status=status, attempt_id=attempt_id)
+    _finish(ledger, key, worker, now, status=status, attempt_id=attempt_id, reported_at=None)
 
 
 def release(ledger: Ledger, key: PostKey, *, worker: str, now: datetime) -> None:
@@ -375,6 +376,17 @@ def close_finished(ledger: Ledger, ids: Iterable[int], now: datetime) -> None:
                 update(PLANNED)
                 .where(and_(PLANNED.c.id.in_(ids), PLANNED.c.status == "scheduled", finished == state, which))
                 .values(status=status, updated_at=now)
+            )
+
+
+def mark_reported(ledger: Ledger, keys: Iterable[PostKey], now: datetime) -> None:
+    """A posts_on_time check named these failed or blocked posts: no run of their own is needed to report them."""
+    with ledger.engine.begin() as connection:
+        for key in keys:
+            connection.execute(
+                update(PLANNED)
+                .where(*_match(key), PLANNED.c.status.in_(("failed", "blocked")), PLANNED.c.reported_at.is_(None))
+                .values(reported_at=now)
             )
 
 

@@ -143,6 +143,9 @@ def test_a_blocked_post_is_recorded_once_and_released_when_its_content_is_regene
     assert review.pick(ledger, item.key, worker="run-1", now=now, lease_until=now + timedelta(minutes=5))
     review.block(ledger, item.key, ["reel is 216 px wide; TikTok needs 360. Fix: render larger"], worker="run-1",
                  now=now)  # fmt: skip
+    [report] = due_runs(ledger, clock.now())  # one run, whose posts_on_time check names the block ...
+    assert [i.attempt_state for i in report.items] == ["report"]
+    review.mark_reported(ledger, [item.key], clock.now())
     clock.advance(3600)
     assert due_runs(ledger, clock.now()) == [], "a blocked post is not due on every tick"
     [shown] = day_statuses(ledger, "ava", DAY)
@@ -229,7 +232,7 @@ def test_review_actions_stop_once_a_publish_has_started_and_failed_posts_are_req
     clock.advance(7200)
     [late] = overdue_posts(ledger, clock.now(), timedelta(minutes=30))
     assert (late.state, late.last_error) == ("failed", "media type not supported")
-    assert due_runs(ledger, clock.now()) == []  # a permanent failure is never retried by itself
+    assert due_posts(ledger, clock.now()) == []  # a permanent failure is never retried by itself
     review.requeue(ledger, key, operator="me", now=clock.now(), detail="fixed the media")
     assert run_day(ledger, fake, clock, "ava") == ["published"]
     assert overdue_posts(ledger, clock.now(), timedelta(minutes=30)) == []
@@ -269,3 +272,18 @@ def test_an_attempt_requeued_straight_in_the_ledger_is_due_again(ledger, clock) 
     ledger.requeue(AttemptKey("p-1", "acct-ava"), operator="me", now=clock.now(), detail="fixed")
     assert run_day(ledger, fake, clock, "ava") == ["published"]
     assert review.get(ledger, PostKey("ava", "p-1", "fakegram")).status == "published"
+
+
+def test_a_failure_whose_run_died_before_its_check_gets_a_run_that_reports_it(ledger, clock) -> None:
+    """The run that recorded a permanent failure can die before its posts_on_time check is evaluated; the
+    failure must still reach a check, so the day gets a run until a check has named it."""
+    fake = FakePlatform(clock)
+    plan(ledger, clock, posts=(("p-1", "fakegram", timedelta(minutes=1)),))
+    clock.advance(60)
+    fake.inject("prepare", rejected("media type not supported"))
+    assert run_day(ledger, fake, clock, "ava") == ["failed"]  # ... and the run died here, before its check
+    [run] = due_runs(ledger, clock.now())
+    assert (run.persona, run.day, [i.attempt_state for i in run.items]) == ("ava", DAY, ["report"])
+    assert due_posts(ledger, clock.now()) == []  # nothing is published again
+    review.mark_reported(ledger, [PostKey("ava", "p-1", "fakegram")], clock.now())
+    assert due_runs(ledger, clock.now()) == []

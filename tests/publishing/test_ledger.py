@@ -64,7 +64,7 @@ def test_upgrade_is_idempotent_and_matches_the_models(ledger: Ledger) -> None:
 
     with ledger.engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
-        assert context.get_current_revision() == "0002"
+        assert context.get_current_revision() == "0003"
         differences = compare_metadata(context, Base.metadata)
         tables = set(inspect(connection).get_table_names())
     assert differences == []

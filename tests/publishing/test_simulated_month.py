@@ -27,6 +27,7 @@ import os
 import random
 import re
 import struct
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -111,6 +112,7 @@ class World:
     permanent: set[tuple[str, str, str]] = field(default_factory=set)
     regenerate: set[tuple[str, str]] = field(default_factory=set)  # (persona, day) with a too-small reel
     counts: Counter[str] = field(default_factory=Counter)
+    seconds: Counter[str] = field(default_factory=Counter)
 
     # -- the sensor and the runs, as the daemon would drive them
 
@@ -457,6 +459,14 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_bucket: tuple[Any,
         yield world
 
 
+def timed(world: World, phase: str, action: Any, *args: Any) -> Any:
+    started = time.perf_counter()
+    try:
+        return action(*args)
+    finally:
+        world.seconds[phase] += time.perf_counter() - started
+
+
 def test_a_month_of_posts_goes_out_exactly_once_through_the_sensor(world: World) -> None:
     for day in range(DAYS):
         for hour in range(24):
@@ -464,12 +474,12 @@ def test_a_month_of_posts_goes_out_exactly_once_through_the_sensor(world: World)
             if hour == 18:  # the content group makes tomorrow's content in the evening
                 tomorrow = (world.clock().date() + timedelta(days=1)).isoformat()
                 for slug in PERSONAS:
-                    world.plan_day(slug, tomorrow)
+                    timed(world, "content", world.plan_day, slug, tomorrow)
             world.inject(day * 24 + hour)
-            requests = world.tick()
-            world.review()
-            world.launch(requests)
-            world.requeue_reported_failures()
+            requests = timed(world, "ticks", world.tick)
+            timed(world, "review", world.review)
+            timed(world, "runs", world.launch, requests)
+            timed(world, "requeue", world.requeue_reported_failures)
     for extra in range(12):  # the month is over; let retries and recoveries finish
         world.clock.at = START + timedelta(days=DAYS, hours=extra)
         world.launch(world.tick())
@@ -497,6 +507,7 @@ def test_a_month_of_posts_goes_out_exactly_once_through_the_sensor(world: World)
         }
     )
     print("\nsimulated month:", *(f"  {k}: {v}" for k, v in sorted(world.counts.items())), sep="\n")
+    print("wall seconds:", ", ".join(f"{k} {v:.0f}" for k, v in sorted(world.seconds.items())))
     assert missed == [] and duplicated == [] and crossed == [], (missed[:10], duplicated[:10], crossed[:10])
     assert unreported == []
     assert world.counts["fault: killed"] and world.counts["content regenerated after a block"]
