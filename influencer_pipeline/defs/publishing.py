@@ -214,7 +214,14 @@ def publish_picked(
         for key in picked:
             review.block(ledger, key, [safety.summary()], worker=worker, now=CLOCK())
         raise dg.Failure(description=safety.summary(), allow_retries=False)
-    setups = {key.platform: publishing.publisher_and_token(key.platform, slug, store) for key in picked}
+    setups = {}
+    for platform in sorted({key.platform for key in picked}):
+        try:
+            setups[platform] = publishing.publisher_and_token(platform, slug, store)
+        except (InputError, LookupError) as exc:  # no linked account (AccountNotFound), no S3 store for Instagram
+            for key in (k for k in picked if k.platform == platform):
+                review.block(ledger, key, [f"cannot publish to {platform}: {exc}"], worker=worker, now=CLOCK())
+    picked = [key for key in picked if key.platform in setups]
     only = {(key.post_id, key.platform) for key in picked}
     prepared = prepare_posts(plan, lambda p: setups[p][2], media_for(store, slug, day, work), work / "preflight", only)
     for item in prepared:
@@ -343,6 +350,6 @@ def register_new_days(
             assert store is not None
             plan = read_plan(store, slug, day)
             register(ledger, store, slug, day, plan, f"videos:{record.storage_id}", now)
-        except InputError as exc:
+        except (InputError, ValueError) as exc:  # a missing or invalid plan or persona.yaml (pydantic: ValueError)
             context.log.warning(f"{day}|{slug} is not registered for publishing: {exc}")
     return str(after) if after is not None else (context.cursor or "")
