@@ -97,6 +97,10 @@ def dagster_dev(tmp_path: Path) -> Iterator[str]:
         "daemon": [sys.executable, "-m", "dagster._daemon", "run", *workspace],
         "webserver": [sys.executable, "-m", "influencer_pipeline.ops.webserver_auth", "-p", str(port), *workspace],
     }
+    # The storage's tables first: a daemon and a webserver that both find an empty SQLite storage both create them,
+    # and one fails with "table ... already exists".
+    migrate = [sys.executable, "-m", "dagster", "instance", "migrate"]
+    subprocess.run(migrate, cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
     logs = {name: (tmp_path / f"{name}.log").open("w") for name in commands}
     procs = [
         subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=logs[name], stderr=subprocess.STDOUT, start_new_session=True)
