@@ -37,7 +37,7 @@ dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 # instance. It only reads; its token (for GraphQL writes) is made up here and never shown.
 studio: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	DAGSTER_GRAPHQL_TOKEN=$${DAGSTER_GRAPHQL_TOKEN:-$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(32))')} \
-		$(BIN)/python -m influencer_pipeline.ops.webserver_auth -h 127.0.0.1 -p 3001 -w workspace.yaml
+		$(BIN)/python -m influencer_pipeline.admin.webserver_auth -h 127.0.0.1 -p 3001 -w workspace.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

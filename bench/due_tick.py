@@ -26,9 +26,10 @@ from sqlalchemy import insert
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: make the package importable
 
-from influencer_pipeline.defs import publishing as defs  # noqa: E402
-from influencer_pipeline.defs.publishing import PublishingResource, due_posts_sensor  # noqa: E402
-from influencer_pipeline.defs.resources import LocalMediaStoreResource  # noqa: E402
+from influencer_pipeline.dagster_layer import publishing as defs  # noqa: E402
+from influencer_pipeline.dagster_layer.publishing import PublishingResource  # noqa: E402
+from influencer_pipeline.dagster_layer.resources import LocalMediaStoreResource  # noqa: E402
+from influencer_pipeline.defs.publishing.sensors import due_posts_sensor  # noqa: E402
 from influencer_pipeline.publishing.ledger import ATTEMPTS, PLANNED, Ledger, default_url  # noqa: E402
 
 GOAL = 2.0

@@ -15,11 +15,11 @@ from pathlib import Path
 import dagster as dg
 
 from influencer_pipeline import cli
+from influencer_pipeline.dagster_layer.partitions import personas
+from influencer_pipeline.dagster_layer.plans import read_plan
 from influencer_pipeline.definitions import defs
-from influencer_pipeline.defs.content import read_plan
-from influencer_pipeline.defs.partitions import personas
-from influencer_pipeline.defs.publishing import content_version, register
-from influencer_pipeline.defs.review import OP_NAME, review_posts_job
+from influencer_pipeline.defs.publishing.assets import content_version, register
+from influencer_pipeline.defs.publishing.review import OP_NAME, review_posts_job
 from influencer_pipeline.media import MediaStore
 from influencer_pipeline.media.keys import (
     captions_manifest_key,

@@ -147,7 +147,7 @@ FIELD_FIXES: dict[str, str] = {
     "timezone": "use an IANA name from `python -c 'import zoneinfo; print(zoneinfo.available_timezones())'`",
     "posting_times": "write times as quoted 'HH:MM' strings, e.g. ['09:00', '18:30']",
     "hashtags": "write tags like 'travel' or '#travel', one per list item",
-    "lora_preset": "use a file name (without .yaml) from resources/lora_presets/",
+    "lora_preset": "use a file name (without .yaml) from influencer_pipeline/data/lora_presets/",
     "lora_version": "copy a version id from lora_weights' metadata (Assets > lora_weights > versions)",
     "approval": "write 'required' (posts wait for approval) or 'auto' (posts go out at their time)",
 }

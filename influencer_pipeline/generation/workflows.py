@@ -1,10 +1,11 @@
 """ComfyUI API-format workflow templates and the builder that fills them in.
 
-A template is a graph exported with ComfyUI's "Save (API)" and kept in `comfy_workflows/`. The builder never
-relies on magic strings inside it: it finds the nodes to fill by following the KSampler's links (positive and
-negative prompt, latent, model loader), so a workflow re-exported from the UI keeps working. User text only ever
-lands in string input *values*; node ids and links are chosen here, so a prompt can never change the graph.
-LoRAs are inserted as a chain of `LoraLoader` nodes between the checkpoint loader and everything that used it.
+A template is a graph exported with ComfyUI's "Save (API)" and kept in `influencer_pipeline/data/comfy_workflows/`.
+The builder never relies on magic strings inside it: it finds the nodes to fill by following the KSampler's links
+(positive and negative prompt, latent, model loader), so a workflow re-exported from the UI keeps working. User text
+only ever lands in string input *values*; node ids and links are chosen here, so a prompt can never change the
+graph. LoRAs are inserted as a chain of `LoraLoader` nodes between the checkpoint loader and everything that used
+it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from influencer_pipeline.errors import InputError
 from influencer_pipeline.generation.base import GenerationRequest, LoraRef
 from influencer_pipeline.generation.model_family import FAMILIES
 
-TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "comfy_workflows"
+# Package data (pyproject.toml), so a wheel install has the templates too.
+TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "data" / "comfy_workflows"
 TEMPLATE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 STEPS_RANGE = (1, 150)

@@ -1,4 +1,4 @@
-"""LoRA training presets: named, validated hyperparameter sets in `resources/lora_presets/<name>.yaml`.
+"""LoRA training presets: named, validated hyperparameter sets in `influencer_pipeline/data/lora_presets/<name>.yaml`.
 
 A preset is the one place both trainers (kohya sd-scripts and the embedded diffusers trainer) read their settings
 from, so a persona, the Dagster launchpad or n8n can say "sd15-standard, but 12 epochs" and get the same checks
@@ -18,7 +18,8 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from influencer_pipeline.errors import InputError
 
-PRESETS_DIR = Path(__file__).resolve().parents[2] / "resources" / "lora_presets"
+# Package data (pyproject.toml), so a wheel install has the presets too.
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "data" / "lora_presets"
 
 # kohya `--optimizer_type` names (matched case-insensitively, as sd-scripts does); a dotted class path also works.
 OPTIMIZERS = (
@@ -108,7 +109,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise InputError(str(path), f"is not valid YAML ({exc})", "fix the YAML syntax") from None
     if not isinstance(data, dict):
-        raise InputError(str(path), "must be a YAML mapping of field: value", "see resources/lora_presets/")
+        raise InputError(
+            str(path), "must be a YAML mapping of field: value", "see influencer_pipeline/data/lora_presets/"
+        )
     return data
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from influencer_pipeline.defs.resources import LocalMediaStoreResource, TrainerResource
-from influencer_pipeline.defs.training import lora_weights
+from influencer_pipeline.dagster_layer.resources import LocalMediaStoreResource, TrainerResource
+from influencer_pipeline.defs.training.assets import lora_weights
 from influencer_pipeline.media import LocalMediaStore
 from tests.images import make_photo
 

@@ -1,5 +1,5 @@
-"""dagster-celery for real: `DAGSTER_EXECUTOR=celery` (influencer_pipeline/defs/executors.py), a Redis broker and
-result backend, and two local worker processes started as the deployment docs say, with
+"""dagster-celery for real: `DAGSTER_EXECUTOR=celery` (influencer_pipeline/dagster_layer/executors.py), a Redis
+broker and result backend, and two local worker processes started as the deployment docs say, with
 `dagster-celery worker start -A dagster_celery.app -y resources/celery/worker.yaml`: `gpu@<host>` listens on the
 `gpu` queue only, `cpu@<host>` on the default `dagster` queue only. The real `persona_pipeline` job runs on the
 embedded tiny engines; which worker ran which step is read from the engine event that dagster-celery's task
@@ -26,10 +26,11 @@ import dagster as dg
 import pytest
 import yaml
 
+from influencer_pipeline.dagster_layer.executors import EXECUTOR_ENV
 from influencer_pipeline.definitions import build_definitions
-from influencer_pipeline.defs.executors import EXECUTOR_ENV
 from tests.conftest import require_service
 from tests.images import make_photo
+from tests.support.jobs import run_config_for
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # dagster-celery runs `celery` from PATH: this venv's, first
@@ -268,8 +269,10 @@ def test_gpu_steps_run_on_the_gpu_worker_and_the_rest_on_the_cpu_worker(celery_e
     # The workers' own logs agree: each received exactly its own steps' tasks.
     assert (workers.received("gpu"), workers.received("cpu")) == (len(GPU_STEPS), len(CPU_STEPS)), context
 
-    assert (media / "personas" / "ava" / "lora" / "ava.safetensors").stat().st_size > 0
-    assert (media / "personas" / "ava" / "samples" / "grid.png").is_file()
+    # One LoRA version (media/keys.py: personas/<persona>/lora/<version>/), with its weights and sample grid.
+    lora = media / "personas" / "ava" / "lora"
+    assert [p.stat().st_size > 0 for p in lora.rglob("ava.safetensors")] == [True]
+    assert len(list(lora.rglob("samples/grid.png"))) == 1
 
 
 @pytest.mark.slow
@@ -330,7 +333,7 @@ def test_every_gpu_pool_step_and_only_those_go_to_the_gpu_queue(monkeypatch) -> 
     gpu_steps = set()
     for job in repo.get_all_jobs():
         assert job.executor_def.name == "celery", job.name
-        for step in create_execution_plan(job).steps:
+        for step in create_execution_plan(job, run_config=run_config_for(job)).steps:
             queue = step.tags.get(DAGSTER_CELERY_QUEUE_TAG)
             assert (step.pool == "gpu") == (queue == GPU_QUEUE), f"{job.name}:{step.key} pool={step.pool} {queue=}"
             assert queue in (None, GPU_QUEUE), f"{job.name}:{step.key} goes to an unknown queue {queue!r}"
@@ -356,4 +359,4 @@ def test_workers_and_runs_read_the_broker_from_the_same_env_vars(monkeypatch, va
     job = build_definitions().get_repository_def().get_job("persona_training")
     monkeypatch.delenv(var)
     with pytest.raises(dg.DagsterInvalidConfigError, match=var):
-        create_execution_plan(job)
+        create_execution_plan(job, run_config=run_config_for(job))

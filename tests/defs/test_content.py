@@ -12,16 +12,12 @@ from dagster._core.definitions.partitions.context import partition_loading_conte
 from PIL import Image, ImageStat
 
 from influencer_pipeline.content.plan import ContentPlan
+from influencer_pipeline.dagster_layer.partitions import calendar, calendar_days
+from influencer_pipeline.dagster_layer.resources import ImageEngineResource, VoiceResource, WriterResource
 from influencer_pipeline.definitions import defs
-from influencer_pipeline.defs.content import content_plan, post_images, post_videos
-from influencer_pipeline.defs.datasets import training_images
-from influencer_pipeline.defs.partitions import calendar, calendar_days
-from influencer_pipeline.defs.resources import (
-    ImageEngineResource,
-    VoiceResource,
-    WriterResource,
-)
-from influencer_pipeline.defs.schedules import CalendarSettings, build_content_calendar, plan_persona
+from influencer_pipeline.defs.content.assets import content_plan, post_images, post_videos
+from influencer_pipeline.defs.content.schedules import CalendarSettings, build_content_calendar, plan_persona
+from influencer_pipeline.defs.datasets.assets import training_images
 from influencer_pipeline.media import LocalMediaStore
 from influencer_pipeline.video import thumbnail
 from tests.content.llm_standin import LLMStandin, Status

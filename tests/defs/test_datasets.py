@@ -9,13 +9,13 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from influencer_pipeline.defs.datasets import image_captions, training_images
-from influencer_pipeline.defs.resources import (
+from influencer_pipeline.dagster_layer.resources import (
     CaptionerResource,
     LocalMediaStoreResource,
     MediaStoreResource,
     S3MediaStoreResource,
 )
+from influencer_pipeline.defs.datasets.assets import image_captions, training_images
 from influencer_pipeline.media import LocalMediaStore, MediaStore, S3MediaStore
 
 SAMPLE = Path(__file__).resolve().parents[2] / "resources" / "personas" / "ava"

@@ -1,7 +1,8 @@
-"""The code location loads, and its asset graph matches the reviewed snapshot.
+"""The code location loads, and its asset graph, job selections and schedules match the reviewed snapshots.
 
-A change to keys, groups, partitions, pools, deps, checks, jobs or sensors fails this test until the snapshot
-is regenerated with `make snapshot` and the diff is reviewed with the code change.
+A change to keys, groups, partitions, pools, deps, checks, jobs, what each job selects, run tags, sensors or the
+schedule's cron and time zone fails these tests until the snapshots are regenerated with `make snapshot` and the
+diff is reviewed with the code change.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import dagster as dg
 from influencer_pipeline.definitions import defs
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "asset_graph.json"
+JOBS_SNAPSHOT = Path(__file__).parent / "snapshots" / "jobs_and_schedules.json"
 
 
 def _partitions(node) -> str | None:
@@ -57,6 +59,25 @@ def graph_snapshot() -> dict:
     }
 
 
+def jobs_snapshot() -> dict:
+    """What each job runs (its assets and run tags) and when the schedules fire, with the default settings."""
+    repo = defs.get_repository_def()
+    jobs = {
+        job.name: {
+            "assets": sorted(k.to_user_string() for k in job.asset_layer.selected_asset_keys),
+            "ops": sorted(node.name for node in job.graph.node_defs) if not job.asset_layer.selected_asset_keys else [],
+            "tags": dict(sorted(job.tags.items())),
+        }
+        for job in repo.get_all_jobs()
+        if not job.name.startswith("__")
+    }
+    schedules = {
+        s.name: {"cron": s.cron_schedule, "timezone": s.execution_timezone, "job": s.job_name}
+        for s in repo.schedule_defs
+    }
+    return {"jobs": jobs, "schedules": schedules}
+
+
 def test_definitions_load() -> None:
     dg.Definitions.validate_loadable(defs)
 
@@ -67,6 +88,13 @@ def test_asset_graph_matches_snapshot() -> None:
         SNAPSHOT.parent.mkdir(exist_ok=True)
         SNAPSHOT.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
     assert current == json.loads(SNAPSHOT.read_text()), "asset graph changed: review it, then run `make snapshot`"
+
+
+def test_job_selections_and_schedules_match_snapshot() -> None:
+    current = jobs_snapshot()
+    if os.environ.get("UPDATE_SNAPSHOTS"):
+        JOBS_SNAPSHOT.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+    assert current == json.loads(JOBS_SNAPSHOT.read_text()), "jobs or schedules changed: review, then `make snapshot`"
 
 
 def test_code_location_name_is_stable() -> None:

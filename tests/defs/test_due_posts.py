@@ -12,10 +12,11 @@ import dagster as dg
 import pytest
 
 from influencer_pipeline.content.plan import ContentPlan, PlannedPost
-from influencer_pipeline.defs import publishing as defs
-from influencer_pipeline.defs.content import post_videos
-from influencer_pipeline.defs.publishing import PublishingResource, due_posts_sensor
-from influencer_pipeline.defs.resources import LocalMediaStoreResource
+from influencer_pipeline.dagster_layer import publishing as defs
+from influencer_pipeline.dagster_layer.publishing import PublishingResource
+from influencer_pipeline.dagster_layer.resources import LocalMediaStoreResource
+from influencer_pipeline.defs.content.assets import post_videos
+from influencer_pipeline.defs.publishing.sensors import due_posts_sensor
 from influencer_pipeline.media import LocalMediaStore
 from influencer_pipeline.publishing import review
 from influencer_pipeline.publishing.ledger import Ledger

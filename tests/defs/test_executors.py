@@ -6,7 +6,7 @@ import os
 
 import dagster as dg
 
-from influencer_pipeline.defs.executors import executor_from_env, forkserver_multiprocess_executor
+from influencer_pipeline.dagster_layer.executors import executor_from_env, forkserver_multiprocess_executor
 
 
 @dg.op

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from influencer_pipeline.defs.notifications import failure_of
+from influencer_pipeline.defs.operations.sensors import failure_of
 
 LINE = "1 post(s) not published: ava 2026-12-01-1 on instagram: failed (due 2026-12-01 09:30 UTC): media refused"
 

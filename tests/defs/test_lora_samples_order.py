@@ -7,8 +7,8 @@ import shlex
 
 import dagster as dg
 
-from influencer_pipeline.defs.resources import ImageEngineResource, TrainerResource
-from influencer_pipeline.defs.training import lora_samples, lora_weights
+from influencer_pipeline.dagster_layer.resources import ImageEngineResource, TrainerResource
+from influencer_pipeline.defs.training.assets import lora_samples, lora_weights
 from tests.defs.test_datasets import failure_text
 from tests.defs.test_training import materialize, store  # noqa: F401 - `store` is a fixture
 from tests.fakes import accelerate_command, fake_sd_scripts, fake_tokenizers

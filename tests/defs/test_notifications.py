@@ -9,13 +9,8 @@ from collections.abc import Iterator
 import dagster as dg
 import pytest
 
-from influencer_pipeline.defs.notifications import (
-    NotifierResource,
-    notification_sensors,
-    notifier_resource_from_env,
-    run_failure_notifier,
-    run_success_notifier,
-)
+from influencer_pipeline.dagster_layer.notifier import NotifierResource, notifier_resource_from_env
+from influencer_pipeline.defs.operations.sensors import notification_sensors, run_failure_notifier, run_success_notifier
 from influencer_pipeline.notify import SIGNATURE_HEADER, TIMESTAMP_HEADER, NotificationError, verify_signature
 from tests.test_notify import Receiver
 

@@ -12,9 +12,11 @@ from cryptography.fernet import Fernet
 
 from influencer_pipeline.accounts.store import AccountStore, Identity, Secret, TokenSet
 from influencer_pipeline.content.plan import ContentPlan, PlannedPost
-from influencer_pipeline.defs.content import content_plan, post_images, post_videos
-from influencer_pipeline.defs.publishing import PublishingResource, due_posts_sensor, published_posts
-from influencer_pipeline.defs.resources import ImageEngineResource, VoiceResource, WriterResource
+from influencer_pipeline.dagster_layer.publishing import PublishingResource
+from influencer_pipeline.dagster_layer.resources import ImageEngineResource, VoiceResource, WriterResource
+from influencer_pipeline.defs.content.assets import content_plan, post_images, post_videos
+from influencer_pipeline.defs.publishing.assets import published_posts
+from influencer_pipeline.defs.publishing.sensors import due_posts_sensor
 from influencer_pipeline.publishing.base import PostMedia, PublishRequest
 from influencer_pipeline.publishing.ledger import Ledger, media_sha256
 from tests.defs.conftest import key, media

@@ -17,11 +17,13 @@ import pytest
 from PIL import Image
 
 from influencer_pipeline.content.plan import ContentPlan, PlannedPost
-from influencer_pipeline.defs import publishing as publishing_defs
-from influencer_pipeline.defs.content import post_videos
-from influencer_pipeline.defs.publishing import PublishingResource, due_posts_sensor, published_posts
-from influencer_pipeline.defs.resources import LocalMediaStoreResource
-from influencer_pipeline.defs.review import review_posts_job
+from influencer_pipeline.dagster_layer import publishing as publishing_defs
+from influencer_pipeline.dagster_layer.publishing import PublishingResource
+from influencer_pipeline.dagster_layer.resources import LocalMediaStoreResource
+from influencer_pipeline.defs.content.assets import post_videos
+from influencer_pipeline.defs.publishing.assets import published_posts
+from influencer_pipeline.defs.publishing.review import review_posts_job
+from influencer_pipeline.defs.publishing.sensors import due_posts_sensor
 from influencer_pipeline.media import LocalMediaStore
 from influencer_pipeline.publishing import review
 from influencer_pipeline.publishing.due import day_statuses
@@ -71,7 +73,6 @@ def render_day(store: LocalMediaStore, instance: dg.DagsterInstance, day: str, h
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     clock = Clock(NOW)
     monkeypatch.setattr(publishing_defs, "CLOCK", clock)
-    monkeypatch.setattr("influencer_pipeline.defs.review.CLOCK", clock)
     monkeypatch.setenv("WORK_DIR", str(tmp_path / "work"))  # what the launchpad's config reads
     monkeypatch.setenv("MEDIA_ROOT", str(tmp_path / "media"))
     monkeypatch.delenv("POST_LEDGER_URL", raising=False)

@@ -7,15 +7,15 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 import pytest
 
-from influencer_pipeline.defs.content import content_plan
-from influencer_pipeline.defs.datasets import training_images
-from influencer_pipeline.defs.resources import (
+from influencer_pipeline.dagster_layer.resources import (
     LocalMediaStoreResource,
     S3MediaStoreResource,
     UploadPolicy,
     WriterResource,
 )
-from influencer_pipeline.defs.sensors import upload_sensor
+from influencer_pipeline.defs.content.assets import content_plan
+from influencer_pipeline.defs.datasets.assets import training_images
+from influencer_pipeline.defs.datasets.sensors import upload_sensor
 from influencer_pipeline.media import LocalMediaStore, S3MediaStore
 from tests.defs.test_datasets import SAMPLE, upload_sample
 

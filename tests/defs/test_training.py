@@ -11,14 +11,15 @@ import pytest
 from dagster._config import ConfigTypeKind
 from PIL import Image
 
-from influencer_pipeline.definitions import defs
-from influencer_pipeline.defs.resources import (
+from influencer_pipeline.dagster_layer.loras import resolve_lora
+from influencer_pipeline.dagster_layer.resources import (
     ImageEngineResource,
     LocalMediaStoreResource,
     TrainerResource,
     resources_from_env,
 )
-from influencer_pipeline.defs.training import lora_samples, lora_weights, resolve_lora
+from influencer_pipeline.definitions import defs
+from influencer_pipeline.defs.training.assets import lora_samples, lora_weights
 from influencer_pipeline.media import LocalMediaStore
 from influencer_pipeline.personas import parse_persona
 from influencer_pipeline.training.presets import list_presets

@@ -25,7 +25,7 @@ from PIL import Image
 from influencer_pipeline.errors import InputError
 from influencer_pipeline.generation.base import ClipRequest, GenerationRequest, LoraRef
 from influencer_pipeline.generation.comfyui import ComfyUIEngine, ComfyUIError, combo_options, describe_rejection
-from influencer_pipeline.generation.workflows import build_txt2img, load_template
+from influencer_pipeline.generation.workflows import TEMPLATES_DIR, build_txt2img, load_template
 from tests.generation.comfy_standin import ComfyStandin, Run
 from tests.generation.loras import write_checkpoint, write_lora
 
@@ -621,12 +621,12 @@ def test_a_failed_upload_or_a_failed_clip_is_a_clear_error(standin: ComfyStandin
 
 
 def test_a_template_that_saves_stills_is_refused_for_clips(standin: ComfyStandin, tmp_path: Path) -> None:
-    template = json.loads((Path(__file__).resolve().parents[2] / "comfy_workflows" / "svd-img2vid.json").read_text())
+    template = json.loads((TEMPLATES_DIR / "svd-img2vid.json").read_text())
     template["7"] = {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "x"}}
     folder = tmp_path / "templates"
     folder.mkdir()
     for name in ("sd15-lora-txt2img", "svd-img2vid"):
-        source = Path(__file__).resolve().parents[2] / "comfy_workflows" / f"{name}.json"
+        source = TEMPLATES_DIR / f"{name}.json"
         (folder / f"{name}.json").write_text(json.dumps(template) if name == "svd-img2vid" else source.read_text())
     engine = make_engine(standin, templates_dir=folder)
     with pytest.raises(ComfyUIError, match=r"not an animated WEBP.*must end in a SaveAnimatedWEBP node"):

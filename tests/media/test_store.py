@@ -171,7 +171,7 @@ def test_read_limit_and_missing_keys_behave_the_same_on_both_backends(store: Med
 
 
 def test_the_read_limit_is_a_resource_setting(tmp_path) -> None:
-    from influencer_pipeline.defs.resources import LocalMediaStoreResource
+    from influencer_pipeline.dagster_layer.resources import LocalMediaStoreResource
 
     store = LocalMediaStoreResource(root=str(tmp_path), max_file_bytes=4).get_store()
     store.write_bytes("a/five.bin", b"12345")

@@ -1,5 +1,5 @@
 """What the n8n tests run the workflows against: a real dagster-daemon plus the token-guarded webserver
-(influencer_pipeline.ops.webserver_auth), as deployed, and loopback HTTP endpoints that record what n8n sends
+(influencer_pipeline.admin.webserver_auth), as deployed, and loopback HTTP endpoints that record what n8n sends
 (the notification receiver, a stand-in Dagster for failures a real one cannot be made to produce on demand)."""
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def endpoint(answer: Callable[[dict], tuple[int, dict] | None] = lambda body: (2
 
 @pytest.fixture
 def dagster_dev(tmp_path: Path) -> Iterator[str]:
-    """dagster-daemon and `influencer_pipeline.ops.webserver_auth` (DAGSTER_GRAPHQL_TOKEN=TOKEN) on loopback, with the
+    """dagster-daemon and `influencer_pipeline.admin.webserver_auth` (DAGSTER_GRAPHQL_TOKEN=TOKEN) on loopback, with the
     sample persona uploaded as `ava`; the upload sensor is held off by a day-long settle time so that only the
     workflows launch runs."""
     home, media = tmp_path / "dagster_home", tmp_path / "media"
@@ -95,7 +95,7 @@ def dagster_dev(tmp_path: Path) -> Iterator[str]:
     workspace = ["-w", str(ROOT / "workspace.yaml")]
     commands = {
         "daemon": [sys.executable, "-m", "dagster._daemon", "run", *workspace],
-        "webserver": [sys.executable, "-m", "influencer_pipeline.ops.webserver_auth", "-p", str(port), *workspace],
+        "webserver": [sys.executable, "-m", "influencer_pipeline.admin.webserver_auth", "-p", str(port), *workspace],
     }
     # The storage's tables first: a daemon and a webserver that both find an empty SQLite storage both create them,
     # and one fails with "table ... already exists".

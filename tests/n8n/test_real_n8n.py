@@ -1,7 +1,7 @@
 """The workflows in resources/n8n run in the real n8n (2.41.1, installed by scripts/n8n-install.sh), set up exactly
 as docs/N8N.md says: `n8n import:workflow` of the files as shipped, `n8n import:credentials`, the Config node
 edited, `n8n publish:workflow`, `n8n start`. They run against a real dagster-daemon and the token-guarded webserver
-(influencer_pipeline.ops.webserver_auth) for the main paths, and against a stand-in Dagster for the failures a real
+(influencer_pipeline.admin.webserver_auth) for the main paths, and against a stand-in Dagster for the failures a real
 one cannot be made to produce on demand. What n8n did is read back from its own execution records."""
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """A month of publishing for five personas on all four platforms, through the real sensor and the real asset.
 
-Plain pytest on a fake clock (`defs.publishing.CLOCK`/`SLEEP`): every simulated hour the real `due_posts_sensor`
-evaluation function ticks (`build_sensor_context` on a real instance) and its run requests are materialised with
-the real `published_posts` asset, skipping a run key that already has a run, as Dagster does. Publishing is live:
-accounts are linked through the OAuth stand-in with `Accounts.from_env()` (the production provider table, tokens
-encrypted in the accounts database), publishers are built by `live_publisher` exactly as in production, and each
-persona has its own accounts on the Meta, YouTube and TikTok stand-ins (`<PLATFORM>_API_BASE_URL` is pointed at
-the persona's stand-in for its runs: the network of this simulation). Media live in S3 (moto) because Instagram
-fetches them by presigned URL.
+Plain pytest on a fake clock (`dagster_layer.publishing.CLOCK`/`SLEEP`): every simulated hour the real
+`due_posts_sensor` evaluation function ticks (`build_sensor_context` on a real instance) and its run requests are
+materialised with the real `published_posts` asset, skipping a run key that already has a run, as Dagster does.
+Publishing is live: accounts are linked through the OAuth stand-in with `Accounts.from_env()` (the production provider
+table, tokens encrypted in the accounts database), publishers are built by `live_publisher` exactly as in production,
+and each persona has its own accounts on the Meta, YouTube and TikTok stand-ins (`<PLATFORM>_API_BASE_URL` is pointed at
+the persona's stand-in for its runs: the network of this simulation). Media live in S3 (moto) because Instagram fetches
+them by presigned URL.
 
 Faults arrive every hour, in turn: 429 with Retry-After, 5xx, timeouts before and after the commit, an expired
 token, a run worker killed during its commit (a BaseException after the platform accepted), sensor ticks while a
@@ -44,11 +44,13 @@ from PIL import Image
 from influencer_pipeline.accounts.oauth import Accounts, utcnow
 from influencer_pipeline.accounts.providers import provider_for
 from influencer_pipeline.content.plan import ContentPlan, PlannedPost
-from influencer_pipeline.defs import publishing as defs
-from influencer_pipeline.defs.content import post_videos
-from influencer_pipeline.defs.partitions import calendar
-from influencer_pipeline.defs.publishing import PublishingResource, due_posts_sensor, published_posts
-from influencer_pipeline.defs.resources import S3MediaStoreResource
+from influencer_pipeline.dagster_layer import publishing as defs
+from influencer_pipeline.dagster_layer.partitions import calendar
+from influencer_pipeline.dagster_layer.publishing import PublishingResource
+from influencer_pipeline.dagster_layer.resources import S3MediaStoreResource
+from influencer_pipeline.defs.content.assets import post_videos
+from influencer_pipeline.defs.publishing.assets import published_posts
+from influencer_pipeline.defs.publishing.sensors import due_posts_sensor
 from influencer_pipeline.media import S3MediaStore
 from influencer_pipeline.publishing import live, review
 from influencer_pipeline.video import ffmpeg

@@ -22,16 +22,16 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from influencer_pipeline.ops import webserver_auth
-from influencer_pipeline.ops.webserver_auth import (
+from influencer_pipeline.admin import webserver_auth
+from influencer_pipeline.admin.webserver_auth import (
     MAX_BODY_BYTES,
     MAX_TOKENS,
     MutationAuthMiddleware,
     allowed_origins,
 )
 from tests.conftest import free_port
-from tests.ops.test_webserver_auth import LAUNCH, PARAMS, Server
-from tests.ops.test_webserver_auth import server as server
+from tests.support.webserver import LAUNCH, PARAMS, Server
+from tests.support.webserver import server as server
 
 TOKEN = "t" * 32
 DEADLINE_S = 60.0  # generous: a busy machine may be slow, but a stalled event loop never answers

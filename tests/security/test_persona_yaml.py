@@ -17,8 +17,8 @@ import dagster as dg
 import pytest
 from pydantic import ValidationError
 
-from influencer_pipeline.defs.datasets import training_images
-from influencer_pipeline.defs.resources import LocalMediaStoreResource
+from influencer_pipeline.dagster_layer.resources import LocalMediaStoreResource
+from influencer_pipeline.defs.datasets.assets import training_images
 from influencer_pipeline.errors import InputError
 from influencer_pipeline.media import LocalMediaStore
 from influencer_pipeline.personas import Persona, load_persona, parse_persona

@@ -30,10 +30,10 @@ from cryptography.fernet import Fernet
 from dagster._core.remote_representation.external_data import RepositorySnap
 from dagster._serdes import serialize_value
 
-from influencer_pipeline.defs.resources import SECRET_ENV_VARS
+from influencer_pipeline.dagster_layer.resources import SECRET_ENV_VARS
 from tests.conftest import free_port
 from tests.content.llm_standin import LLMStandin, Status
-from tests.ops.test_webserver_auth import stop, wait_until_up
+from tests.support.webserver import stop, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -142,7 +142,7 @@ def webserver(fakes: Fakes, tmp_path: Path) -> Iterator[str]:
     shutil.copy(ROOT / "resources" / "dagster" / "dagster.local.yaml", home / "dagster.yaml")
     port = free_port()
     env = os.environ | {"DAGSTER_HOME": str(home), "MEDIA_ROOT": str(tmp_path / "media")}
-    cmd = [sys.executable, "-m", "influencer_pipeline.ops.webserver_auth", "-h", "127.0.0.1", "-p", str(port)]
+    cmd = [sys.executable, "-m", "influencer_pipeline.admin.webserver_auth", "-h", "127.0.0.1", "-p", str(port)]
     cmd += ["-w", str(ROOT / "workspace.yaml")]
     log = tmp_path / "server.log"
     with log.open("w") as out:

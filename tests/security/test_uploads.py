@@ -24,9 +24,9 @@ import pytest
 from dagster._serdes import serialize_value
 from PIL import Image
 
-from influencer_pipeline.defs.datasets import image_captions, training_images
-from influencer_pipeline.defs.resources import CaptionerResource, LocalMediaStoreResource, UploadPolicy
-from influencer_pipeline.defs.sensors import upload_sensor
+from influencer_pipeline.dagster_layer.resources import CaptionerResource, LocalMediaStoreResource, UploadPolicy
+from influencer_pipeline.defs.datasets.assets import image_captions, training_images
+from influencer_pipeline.defs.datasets.sensors import upload_sensor
 from influencer_pipeline.ingest import IngestSettings, curate
 from influencer_pipeline.media import LocalMediaStore
 from tests.images import encode, make_photo, png_bomb

@@ -1,7 +1,7 @@
 """The studio (issue 13, item 4): one page listing every persona, served by the token-guarded webserver, checked in
 a real headless Chromium.
 
-The wrapper (`python -m influencer_pipeline.ops.webserver_auth`) runs for real on loopback with this code location
+The wrapper (`python -m influencer_pipeline.admin.webserver_auth`) runs for real on loopback with this code location
 and a scratch instance, media store, post ledger and outbox. The run coordinator is Dagster's default, so a run
 launched over GraphQL (as n8n launches review_posts) executes without a daemon.
 """
@@ -35,7 +35,7 @@ from influencer_pipeline.publishing.review import PlanEntry
 from influencer_pipeline.studio.overview import Failure, build_overview
 from influencer_pipeline.studio.page import render
 from tests.conftest import free_port
-from tests.ops.test_webserver_auth import LAUNCH, stop, wait_until_up
+from tests.support.webserver import LAUNCH, stop, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[2]
 TODAY = datetime.now(UTC).date()
@@ -165,7 +165,7 @@ def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studio]:
         "INFLUENCER_ACCOUNTS_DB": f"sqlite:///{root / 'accounts.db'}",
     }
     env.pop("POST_LEDGER_URL", None)
-    cmd = [sys.executable, "-m", "influencer_pipeline.ops.webserver_auth", "-h", "127.0.0.1", "-p", str(port)]
+    cmd = [sys.executable, "-m", "influencer_pipeline.admin.webserver_auth", "-h", "127.0.0.1", "-p", str(port)]
     cmd += ["-w", str(ROOT / "workspace.yaml")]
     log = root / "server.log"
     with log.open("w") as out:

@@ -461,7 +461,7 @@ def test_checkpoints_of_an_earlier_run_with_more_epochs_do_not_stay(dataset: Pat
 def test_run_log_lines_say_things_once_and_at_most_every_10_s(dataset: Path, sd_scripts: Path) -> None:
     """Through the Dagster layer's logger, on a clock that moves 3 s per report: a step line at most every 10 s
     within an epoch (plus one per epoch and each event), and no line repeats its step/epoch/loss text."""
-    from influencer_pipeline.defs.training import progress_logger
+    from influencer_pipeline.defs.training.assets import progress_logger
 
     ticks = itertools.count(0, 3)
     lines: list[tuple[float, str]] = []

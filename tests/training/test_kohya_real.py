@@ -21,7 +21,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from influencer_pipeline.defs.training import progress_logger
+from influencer_pipeline.defs.training.assets import progress_logger
 from influencer_pipeline.training.base import TrainingProgress, TrainingRequest
 from influencer_pipeline.training.kohya import KohyaTrainer, KohyaTrainingError
 from influencer_pipeline.training.presets import load_preset

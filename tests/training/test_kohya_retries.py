@@ -8,8 +8,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from influencer_pipeline.defs.resources import LocalMediaStoreResource, TrainerResource
-from influencer_pipeline.defs.training import lora_weights
+from influencer_pipeline.dagster_layer.resources import LocalMediaStoreResource, TrainerResource
+from influencer_pipeline.defs.training.assets import lora_weights
 from influencer_pipeline.media import LocalMediaStore
 from tests.fakes import accelerate_command, fake_sd_scripts, fake_tokenizers
 from tests.images import make_photo

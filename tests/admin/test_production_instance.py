@@ -31,7 +31,7 @@ from tests.conftest import require_service
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCTION_YAML = ROOT / "resources" / "dagster" / "dagster.production.yaml"
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
-GPU_RUN_TAGS = {"gpu": "1"}  # = GPU_TAGS of influencer_pipeline.defs.training, checked below; not imported here
+GPU_RUN_TAGS = {"gpu": "1"}  # = GPU_TAGS of influencer_pipeline.dagster_layer.tags, checked below; not imported here
 # because every run worker and step process of the daemon imports this module, and that import costs 1.5 s each.
 GPU_SLOTS = 2
 BURST_RUNS = 4
@@ -246,7 +246,7 @@ def stop_group(proc: subprocess.Popen) -> None:
 
 
 def bootstrap(home: Path, slots: int) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "influencer_pipeline.ops.bootstrap", "--gpu-slots", str(slots)]
+    cmd = [sys.executable, "-m", "influencer_pipeline.admin.bootstrap", "--gpu-slots", str(slots)]
     env = os.environ | {"DAGSTER_HOME": str(home)}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
@@ -314,7 +314,7 @@ def test_instance_loads_from_the_production_yaml(instance: dg.DagsterInstance) -
     from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
     from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 
-    from influencer_pipeline.defs.training import GPU_TAGS
+    from influencer_pipeline.dagster_layer.tags import GPU_TAGS
 
     assert isinstance(instance.run_storage, PostgresRunStorage)
     assert isinstance(instance.event_log_storage, PostgresEventLogStorage)

@@ -58,7 +58,7 @@ def last_failures(instance: dg.DagsterInstance, personas: list[str]) -> dict[str
 def studio_routes(app: ASGIApp, instance: dg.DagsterInstance, path_prefix: str = "") -> StudioRoutes:
     """The studio in front of `app`, reading the deployment's stores as the code location does (env vars)."""
     from influencer_pipeline.accounts.store import AccountStore
-    from influencer_pipeline.defs.resources import media_store_from_env
+    from influencer_pipeline.dagster_layer.resources import media_store_from_env
     from influencer_pipeline.publishing.decisions import ledger_from_env
     from influencer_pipeline.publishing.due import day_statuses
 

@@ -13,23 +13,21 @@ import dagster as dg
 from PIL import Image
 from pydantic import Field
 
-from influencer_pipeline.defs.datasets import MIN_IMAGES, image_captions
-from influencer_pipeline.defs.errors import check_ranges, ranged, user_errors_are_final
-from influencer_pipeline.defs.metadata import image_preview, table
-from influencer_pipeline.defs.partitions import personas
-from influencer_pipeline.defs.resources import ImageEngineResource, MediaStoreResource, TrainerResource
+from influencer_pipeline.dagster_layer.errors import check_ranges, ranged, user_errors_are_final
+from influencer_pipeline.dagster_layer.loras import deploy_lora, resolve_lora
+from influencer_pipeline.dagster_layer.metadata import image_preview, table
+from influencer_pipeline.dagster_layer.partitions import personas
+from influencer_pipeline.dagster_layer.resources import ImageEngineResource, MediaStoreResource, TrainerResource
+from influencer_pipeline.dagster_layer.tags import GPU_OP_TAGS
 from influencer_pipeline.errors import InputError
-from influencer_pipeline.generation.base import GenerationRequest, ImageEngine, LoraRef
+from influencer_pipeline.generation.base import GenerationRequest, LoraRef
 from influencer_pipeline.generation.consistency import consistency_score
 from influencer_pipeline.generation.grid import render_grid
 from influencer_pipeline.media.keys import (
-    dataset_manifest_key,
     dataset_prefix,
     lora_file_key,
-    lora_manifest_key,
     lora_version_prefix,
     samples_prefix,
-    uploads_prefix,
 )
 from influencer_pipeline.media.store import MediaStore
 from influencer_pipeline.media.transfer import download_prefix, fingerprint_files
@@ -44,27 +42,8 @@ from influencer_pipeline.training.presets import (
     list_presets,
     load_preset,
 )
-from influencer_pipeline.training.versions import active_version, list_versions, read_version, save_version, version_id
+from influencer_pipeline.training.versions import list_versions, read_version, save_version, version_id
 
-GPU_TAGS = {"gpu": "1"}  # run tag: the instance's run-tag concurrency limit counts GPU runs by it
-GPU_OP_TAGS = {
-    **GPU_TAGS,
-    # dagster-celery: these steps go to the `gpu` queue, which only GPU boxes' workers consume.
-    "dagster-celery/queue": "gpu",
-    # dagster-k8s (k8s_job_executor): each of these steps runs in a pod that requests one GPU, deep-merged over the
-    # executor's step defaults (k8s_executor_from_env).
-    "dagster-k8s/config": {
-        "container_config": {
-            "resources": {
-                # RAM to load SD/SDXL checkpoints, above the 8Gi step default; a GPU's request defaults to its limit.
-                "requests": {"cpu": "2", "memory": "12Gi"},
-                "limits": {"memory": "24Gi", "nvidia.com/gpu": "1"},
-            }
-        },
-        # GPU nodes are commonly tainted nvidia.com/gpu:NoSchedule (GKE does it itself) so only GPU pods land there.
-        "pod_spec_config": {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
-    },
-}
 LOG_INTERVAL_S = 10.0
 
 
@@ -89,8 +68,8 @@ class LoraTrainingConfig(dg.Config):
 
     preset: PresetChoice = Field(  # type: ignore[valid-type]
         "",
-        description=f"One of {list(PRESET_NAMES)} (resources/lora_presets/); empty: the persona's lora_preset, "
-        "else the trainer's default (embedded-tiny, or sd15-standard with kohya).",
+        description=f"One of {list(PRESET_NAMES)} (influencer_pipeline/data/lora_presets/); empty: the persona's "
+        "lora_preset, else the trainer's default (embedded-tiny, or sd15-standard with kohya).",
     )
     base_model: str | None = Field(
         None, description="Checkpoint file, diffusers folder or 'tiny' (embedded); unset: the preset's."
@@ -156,7 +135,7 @@ def progress_logger(
 @dg.asset(
     partitions_def=personas,
     group_name="training",
-    deps=[image_captions],
+    deps=[dg.AssetKey("image_captions")],
     pool="gpu",
     op_tags=GPU_OP_TAGS,
     kinds={"pytorch", "safetensors"},
@@ -293,83 +272,6 @@ def version_result(store: MediaStore, record: dict[str, Any], reused: bool, curv
     return dg.MaterializeResult(metadata=metadata, tags={"lora_version": version})
 
 
-def deploy_lora(
-    store: MediaStore, record: dict[str, Any], image_engine: ImageEngineResource, engine: ImageEngine
-) -> str:
-    """Copy a LoRA version to the engine under a content-derived name, so no cache serves a stale one."""
-    slug = record["persona"]
-    local = Path(image_engine.work_dir) / slug / "deploy" / f"{slug}-{record['lora_sha256'][:8]}.safetensors"
-    local.parent.mkdir(parents=True, exist_ok=True)
-    local.write_bytes(store.read_bytes(record["lora_key"]))
-    return engine.deploy_lora(local, local.name, group=slug)  # group: the persona's older versions are retired
-
-
-def resolve_lora(
-    store: MediaStore, persona: Persona, pin: str, pinned_by: str, instance: dg.DagsterInstance | None = None
-) -> dict[str, Any]:
-    """The LoRA version content renders with: the run config's pin, persona.yaml's `lora_version`, else latest."""
-    where = pinned_by if pin else f"{store.uri(uploads_prefix(persona.slug) + 'persona.yaml')}: field 'lora_version'"
-    record = active_version(store, persona.slug, pin or persona.lora_version, where)
-    if record is None:
-        cause = lora_blocker(instance, store, persona) if instance is not None else ""
-        raise InputError(
-            lora_manifest_key(persona.slug),
-            f"the persona has no trained LoRA{': ' + cause if cause else ''}",
-            "materialize lora_weights (the upload sensor starts it once the dataset passes its checks)",
-        )
-    return record
-
-
-def lora_blocker(instance: dg.DagsterInstance, store: MediaStore, persona: Persona) -> str:
-    """Why no content can be rendered for the persona yet (empty: a LoRA version is ready), naming the real cause."""
-    pin = persona.lora_version
-    where = f"{store.uri(uploads_prefix(persona.slug) + 'persona.yaml')}: field 'lora_version'"
-    if active_version(store, persona.slug, pin, where) is not None:  # a bad pin raises its own InputError
-        return ""
-    manifest_key = dataset_manifest_key(persona.slug)
-    if store.exists(manifest_key):
-        images = json.loads(store.read_bytes(manifest_key)).get("images", [])
-        kept = sum(i.get("status") == "kept" for i in images)
-        if kept < MIN_IMAGES:
-            return (
-                f"its dataset failed the min_images check: {kept} usable images, LoRA training needs at least "
-                f"{MIN_IMAGES}. Fix: add photos to {uploads_prefix(persona.slug)} (see training_images' rejection "
-                "table for why others were refused)"
-            )
-    failure = last_failure(instance, persona.slug)
-    if failure:
-        return f"no trained LoRA: its last dataset/training run failed: {failure}"
-    if not store.exists(manifest_key):
-        return (
-            f"no dataset yet: upload at least {MIN_IMAGES} photos to {uploads_prefix(persona.slug)} "
-            "(the upload sensor curates them and trains the LoRA)"
-        )
-    return "no trained LoRA yet: materialize lora_weights (or wait for the persona_pipeline run in progress)"
-
-
-def last_failure(instance: dg.DagsterInstance, slug: str) -> str:
-    """The message of the persona's last failed dataset/training run, if its last such run failed."""
-    runs = instance.get_runs(
-        filters=dg.RunsFilter(
-            job_name=None,
-            tags={"dagster/partition": slug},
-            statuses=[dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE],
-        ),
-        limit=1,
-    )
-    if not runs or runs[0].status != dg.DagsterRunStatus.FAILURE:
-        return ""
-    records = instance.get_records_for_run(runs[0].run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records
-    for record in records:
-        event = record.event_log_entry.dagster_event
-        data = event.step_failure_data if event else None
-        if data and data.user_failure_data and data.user_failure_data.description:
-            return f"{event.step_key}: {data.user_failure_data.description}"
-        if data and data.error:
-            return f"{event.step_key}: {data.error.message.strip()}"
-    return f"run {runs[0].run_id} failed (see its log)"
-
-
 def sample_prompts(config: LoraSamplesConfig, persona: Persona) -> list[str]:
     prompts = list(config.prompts or persona.test_prompts) or [
         f"{persona.trigger} {persona.class_word}, portrait photo, natural light",
@@ -465,19 +367,3 @@ def render_samples(
             "samples_folder": dg.MetadataValue.path(store.uri(prefix)),
         }
     )
-
-
-persona_training_job = dg.define_asset_job(
-    "persona_training",
-    selection=dg.AssetSelection.groups("training"),
-    tags=GPU_TAGS,
-    description="Train the persona's LoRA and render its sample grid (GPU pool).",
-)
-
-
-persona_pipeline_job = dg.define_asset_job(
-    "persona_pipeline",
-    selection=dg.AssetSelection.groups("datasets", "training"),
-    tags=GPU_TAGS,
-    description="Dataset, captions, LoRA and samples for one persona: what a new or changed upload folder starts.",
-)

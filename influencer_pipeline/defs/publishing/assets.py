@@ -9,9 +9,7 @@ import hashlib
 import os
 import socket
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -19,87 +17,27 @@ import dagster as dg
 from pydantic import Field
 
 from influencer_pipeline.content.plan import ContentPlan, PlannedPost
-from influencer_pipeline.defs.content import day_and_persona, fetch, post_image_keys, post_videos, read_plan
-from influencer_pipeline.defs.errors import user_errors_are_final
-from influencer_pipeline.defs.metadata import table
-from influencer_pipeline.defs.partitions import calendar
-from influencer_pipeline.defs.resources import MediaStoreResource
+from influencer_pipeline.dagster_layer import publishing as shared
+from influencer_pipeline.dagster_layer.errors import user_errors_are_final
+from influencer_pipeline.dagster_layer.metadata import table
+from influencer_pipeline.dagster_layer.partitions import calendar
+from influencer_pipeline.dagster_layer.plans import day_and_persona, fetch, post_image_keys, read_plan
+from influencer_pipeline.dagster_layer.publishing import PublishingResource
+from influencer_pipeline.dagster_layer.resources import MediaStoreResource
 from influencer_pipeline.errors import InputError
 from influencer_pipeline.media.keys import content_prefix
 from influencer_pipeline.media.store import MediaStore
 from influencer_pipeline.personas import load_persona
 from influencer_pipeline.publishing import review
-from influencer_pipeline.publishing.base import PublishError
 from influencer_pipeline.publishing.brand_safety import scan
-from influencer_pipeline.publishing.due import day_statuses, describe, due_posts, due_runs, overdue_posts
-from influencer_pipeline.publishing.ledger import Ledger, default_url, shared_ledger
-from influencer_pipeline.publishing.orchestrator import RetryPolicy, publish_once, utc_now
-from influencer_pipeline.publishing.outbox import OutboxPublisher, outbox_account
+from influencer_pipeline.publishing.due import day_statuses, describe, due_posts, overdue_posts
+from influencer_pipeline.publishing.ledger import Ledger
+from influencer_pipeline.publishing.orchestrator import RetryPolicy, publish_once
 from influencer_pipeline.publishing.posts import prepare_posts
 from influencer_pipeline.studio import studio_url
 from influencer_pipeline.video import aspects_for
 
-# The clock and sleep of publishing: module attributes so a simulation can run a month on a fake clock.
-CLOCK: Callable[[], datetime] = utc_now
-SLEEP: Callable[[float], None] = time.sleep
-REGISTER_BATCH = 200  # post_videos materializations registered per tick at most
 CHECK_NAME = "posts_on_time"
-
-
-class PublishingResource(dg.ConfigurableResource):
-    """Where posts go: `outbox` (a folder per post, posted by a person) or `live` (the linked accounts)."""
-
-    mode: str = Field("outbox", pattern="^(outbox|live)$")
-    outbox_dir: str = "outbox"
-    ledger_url: str = ""  # empty: SQLite in work_dir; production: postgresql+psycopg2://...
-    work_dir: str = "work"
-    grace_minutes: float = Field(
-        60.0, ge=0, description="How late a post may be before the posts_on_time check fails for it."
-    )
-
-    def ledger(self) -> Ledger:
-        """The process's shared ledger: one engine per URL, migrated on first use, not on every tick."""
-        return shared_ledger(self.ledger_url or default_url(self.work_dir))
-
-    def publisher_and_token(self, platform: str, persona: str, store: MediaStore):
-        """(publisher, tokens, account): `tokens()` makes a token provider for one publish (see `TokenSource`)."""
-        if self.mode == "outbox":
-            # One folder per persona: post ids are per persona and day, so two personas share them.
-            outbox = OutboxPublisher(Path(self.outbox_dir) / persona)
-            return outbox, (lambda: lambda: ""), outbox_account(persona, platform)
-        from influencer_pipeline.accounts import Accounts
-        from influencer_pipeline.publishing.live import live_publisher
-
-        accounts = Accounts.from_env()
-        account = accounts.account(persona, platform)  # its login decides the API host (Instagram)
-        publisher = live_publisher(platform, account, store, Path(self.work_dir) / persona / "publish")
-        return publisher, (lambda: TokenSource(accounts, persona, platform)), account.account_id
-
-
-class TokenSource:
-    """The token provider of one publish: the first call gives the stored (or due-for-refresh) token; a second
-    call means the platform refused that token, so it forces a refresh of exactly that token.
-
-    Account errors become publish errors the ledger understands: a needed relink fails the post (auth), an
-    unreachable token endpoint retries it later (transient), an unlinked account fails it with the fix.
-    """
-
-    def __init__(self, accounts, persona: str, platform: str) -> None:
-        self.accounts, self.persona, self.platform = accounts, persona, platform
-        self.last: str | None = None
-
-    def __call__(self) -> str:
-        from influencer_pipeline.accounts.oauth import OAuthError
-        from influencer_pipeline.accounts.store import AccountNotFound
-
-        try:
-            token = self.accounts.fresh_token(self.persona, self.platform, rejected=self.last)
-        except AccountNotFound as exc:
-            raise PublishError(f"{exc}; link it with `influencer-pipeline accounts link`", "permanent") from None
-        except OAuthError as exc:
-            raise PublishError(str(exc), "transient" if exc.transient else "auth") from None
-        self.last = token
-        return token
 
 
 ROW_COLUMNS = ("time", "post", "platform", "account", "state", "next_attempt", "remote_id", "permalink", "error")
@@ -127,7 +65,7 @@ def content_version(instance: dg.DagsterInstance, slug: str, day: str, plan: Con
     """Names the rendered content of a day: the post_videos materialization that made it (or the plan itself)."""
     partition = dg.MultiPartitionKey({"date": day, "persona": slug})
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=post_videos.key, asset_partitions=[partition]), limit=1
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("post_videos"), asset_partitions=[partition]), limit=1
     ).records
     if records:
         return f"videos:{records[0].storage_id}"
@@ -144,7 +82,7 @@ def register(ledger: Ledger, store: MediaStore, slug: str, day: str, plan: Conte
 @dg.asset(
     partitions_def=calendar,
     group_name="publishing",
-    deps=[post_videos],
+    deps=[dg.AssetKey("post_videos")],
     kinds={"python", "api"},
     check_specs=[
         dg.AssetCheckSpec(
@@ -175,7 +113,7 @@ def published_posts(
     worker = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{context.run_id[:8]}"
     policy = RetryPolicy()
     ledger = publishing.ledger()
-    now = CLOCK()
+    now = shared.CLOCK()
     safety_score = 0.0
     with user_errors_are_final():
         plan = read_plan(store, slug, day)
@@ -212,7 +150,7 @@ def publish_picked(
     context.log.info(safety.summary())
     if not safety.passed:
         for key in picked:
-            review.block(ledger, key, [safety.summary()], worker=worker, now=CLOCK())
+            review.block(ledger, key, [safety.summary()], worker=worker, now=shared.CLOCK())
         raise dg.Failure(description=safety.summary(), allow_retries=False)
     setups = {}
     for platform in sorted({key.platform for key in picked}):
@@ -220,7 +158,7 @@ def publish_picked(
             setups[platform] = publishing.publisher_and_token(platform, slug, store)
         except (InputError, LookupError) as exc:  # no linked account (AccountNotFound), no S3 store for Instagram
             for key in (k for k in picked if k.platform == platform):
-                review.block(ledger, key, [f"cannot publish to {platform}: {exc}"], worker=worker, now=CLOCK())
+                review.block(ledger, key, [f"cannot publish to {platform}: {exc}"], worker=worker, now=shared.CLOCK())
     picked = [key for key in picked if key.platform in setups]
     only = {(key.post_id, key.platform) for key in picked}
     prepared = prepare_posts(plan, lambda p: setups[p][2], media_for(store, slug, day, work), work / "preflight", only)
@@ -228,14 +166,14 @@ def publish_picked(
         key = review.PostKey(slug, item.post_id, item.platform)
         context.log.info(item.report.summary())
         if item.request is None:
-            review.block(ledger, key, item.report.problems, worker=worker, now=CLOCK())
+            review.block(ledger, key, item.report.problems, worker=worker, now=shared.CLOCK())
             continue
         publisher, tokens, _ = setups[item.platform]
         view = publish_once(
-            ledger, publisher, item.request, tokens(), worker, now=CLOCK, sleep=SLEEP, policy=policy,
+            ledger, publisher, item.request, tokens(), worker, now=shared.CLOCK, sleep=shared.SLEEP, policy=policy,
             notify=lambda v: context.log.warning(f"{v.post_id} -> {v.platform}: {v.state}: {v.last_error}"),
         )  # fmt: skip
-        review.settle(ledger, key, view, worker=worker, now=CLOCK())
+        review.settle(ledger, key, view, worker=worker, now=shared.CLOCK())
         context.log.info(f"{item.post_id} -> {item.platform}: {view.state}")
     return max((f.max_score for f in safety.files), default=0.0)
 
@@ -257,7 +195,7 @@ def day_result(
     safety_score: float,
 ) -> dg.MaterializeResult:
     """Per-day metadata (numeric counts, which Dagster plots, and the table) and the on-time check."""
-    now = CLOCK()
+    now = shared.CLOCK()
     statuses = day_statuses(ledger, slug, day)
     rows = [
         {
@@ -298,58 +236,3 @@ def day_result(
         metadata={"late": len(late), "late_posts": dg.MetadataValue.text("\n".join(lines))},
     )
     return dg.MaterializeResult(metadata=metadata, check_results=[check])
-
-
-publish_job = dg.define_asset_job(
-    "publish_posts",
-    selection=[published_posts],
-    description="Publish a day's due posts for one persona through the ledger (requested by due_posts_sensor).",
-)
-
-
-@dg.sensor(
-    job=publish_job,
-    minimum_interval_seconds=60,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Registers rendered days for review, then requests a run per persona and day with due posts "
-    "(any day, retries and crash recovery included); run keys change whenever an attempt is released.",
-)
-def due_posts_sensor(context: dg.SensorEvaluationContext, media: MediaStoreResource, publishing: PublishingResource):
-    now = CLOCK()
-    ledger = publishing.ledger()
-    cursor = register_new_days(context, media, ledger, now)
-    requests = [
-        dg.RunRequest(
-            run_key=run.run_key, partition_key=dg.MultiPartitionKey({"date": run.day, "persona": run.persona})
-        )
-        for run in due_runs(ledger, now)
-    ]
-    if not requests:
-        return dg.SensorResult(skip_reason=dg.SkipReason("no post is due"), cursor=cursor)
-    return dg.SensorResult(run_requests=requests, cursor=cursor)
-
-
-def register_new_days(
-    context: dg.SensorEvaluationContext, media: MediaStoreResource, ledger: Ledger, now: datetime
-) -> str:
-    """Register the days whose post_videos materialised since the cursor: new work only, never the history
-    (the media store, an S3 client in production, is opened only when there is something to read)."""
-    after = int(context.cursor) if context.cursor else None
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=post_videos.key, after_storage_id=after), limit=REGISTER_BATCH, ascending=True
-    ).records
-    store = media.get_store() if records else None
-    for record in records:
-        after = record.storage_id
-        key = record.partition_key
-        if key is None:
-            continue
-        keys = calendar.get_partition_key_from_str(key).keys_by_dimension
-        day, slug = keys["date"], keys["persona"]
-        try:
-            assert store is not None
-            plan = read_plan(store, slug, day)
-            register(ledger, store, slug, day, plan, f"videos:{record.storage_id}", now)
-        except (InputError, ValueError) as exc:  # a missing or invalid plan or persona.yaml (pydantic: ValueError)
-            context.log.warning(f"{day}|{slug} is not registered for publishing: {exc}")
-    return str(after) if after is not None else (context.cursor or "")

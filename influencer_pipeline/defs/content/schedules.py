@@ -16,20 +16,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import dagster as dg
 
 from influencer_pipeline.content.plan import ContentPlan
-from influencer_pipeline.defs.content import plan_key, published_count
-from influencer_pipeline.defs.partitions import HORIZON_DAYS, personas
-from influencer_pipeline.defs.resources import MediaStoreResource
-from influencer_pipeline.defs.training import lora_blocker
+from influencer_pipeline.dagster_layer.loras import lora_blocker
+from influencer_pipeline.dagster_layer.partitions import HORIZON_DAYS, personas
+from influencer_pipeline.dagster_layer.plans import plan_key, published_count
+from influencer_pipeline.dagster_layer.resources import MediaStoreResource
+from influencer_pipeline.defs.content.jobs import daily_content_job
 from influencer_pipeline.errors import InputError
 from influencer_pipeline.media.store import MediaStore
 from influencer_pipeline.personas import load_persona
 from influencer_pipeline.profile_inputs import plan_digest
-
-daily_content_job = dg.define_asset_job(
-    "daily_content",
-    selection=dg.AssetSelection.groups("content"),
-    description="Plan, render and cut one day's posts for one persona (requested by content_calendar).",
-)
 
 
 @dataclass(frozen=True)
@@ -150,3 +145,9 @@ def plan_persona(
         ),
         "",
     )
+
+
+@dg.definitions
+def calendar_schedule() -> dg.Definitions:
+    """The content calendar, built from CALENDAR_* when the definitions load, never when this module is imported."""
+    return dg.Definitions(schedules=[build_content_calendar(CalendarSettings.from_env())])

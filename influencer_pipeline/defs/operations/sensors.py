@@ -14,73 +14,22 @@ nothing configured the sensors still run and do nothing, so a laptop needs no se
 
 from __future__ import annotations
 
-import os
 import time
 from typing import TYPE_CHECKING
 
 import dagster as dg
 
+from influencer_pipeline.dagster_layer.notifier import NotifierResource
 from influencer_pipeline.notify import (
     EVENT_FAILURE,
     EVENT_SUCCESS,
     Failure,
-    NotificationError,
     RunEvent,
-    Webhook,
-    notify,
     truncate_message,
 )
 
 if TYPE_CHECKING:
     from dagster._utils.error import SerializableErrorInfo
-
-
-class NotifierResource(dg.ConfigurableResource):
-    """Where run notifications go, and the secret that signs them."""
-
-    webhook_urls: str = ""  # comma-separated; from dg.EnvVar("NOTIFY_WEBHOOK_URLS")
-    slack_webhook_url: str = ""  # from dg.EnvVar("NOTIFY_SLACK_WEBHOOK_URL")
-    webhook_secret: str = ""  # from dg.EnvVar("NOTIFY_WEBHOOK_SECRET")
-    ui_url: str = ""  # from dg.EnvVar("DAGSTER_UI_URL")
-
-    def webhooks(self) -> list[Webhook]:
-        generic = [Webhook(url.strip()) for url in self.webhook_urls.split(",") if url.strip()]
-        slack = [Webhook(self.slack_webhook_url.strip(), "slack")] if self.slack_webhook_url.strip() else []
-        return generic + slack
-
-    def run_url(self, run_id: str) -> str | None:
-        return f"{self.ui_url.rstrip('/')}/runs/{run_id}" if self.ui_url else None
-
-    def send(self, event: RunEvent) -> list[str]:
-        """Deliver to every configured webhook; returns their redacted names (empty when none is configured).
-
-        Generic webhooks must be signed: an unsigned notification could be forged by anyone who learns the URL,
-        so a missing secret is an error rather than a silent downgrade.
-        """
-        webhooks = self.webhooks()
-        if any(hook.format == "json" for hook in webhooks) and not self.webhook_secret:
-            raise NotificationError(
-                "NOTIFY_WEBHOOK_URLS is set but NOTIFY_WEBHOOK_SECRET is not: generic webhooks are HMAC-signed. "
-                "Fix: set NOTIFY_WEBHOOK_SECRET to the secret your receiver verifies with."
-            )
-        if not webhooks:
-            return []
-        return notify(webhooks, event, self.webhook_secret or None)
-
-
-def notifier_resource_from_env() -> NotifierResource:
-    """The `notifier` resource from the NOTIFY_* variables and DAGSTER_UI_URL (unset ones: no such webhook)."""
-    return NotifierResource(
-        webhook_urls=_env_var("NOTIFY_WEBHOOK_URLS"),
-        slack_webhook_url=_env_var("NOTIFY_SLACK_WEBHOOK_URL"),
-        webhook_secret=_env_var("NOTIFY_WEBHOOK_SECRET"),
-        ui_url=_env_var("DAGSTER_UI_URL"),  # a URL may carry user:password@ (a proxy's basic auth)
-    )
-
-
-def _env_var(name: str) -> dg.EnvVar | str:
-    """An EnvVar only when set: an EnvVar pointing at an unset variable fails at run time."""
-    return dg.EnvVar(name) if os.environ.get(name) else ""
 
 
 def run_event(
@@ -173,3 +122,11 @@ def _send(context: dg.RunStatusSensorContext, notifier: NotifierResource, event:
 
 
 notification_sensors = [run_success_notifier, run_failure_notifier]
+
+
+follow_upstream = dg.AutomationConditionSensorDefinition(
+    "follow_upstream",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+)

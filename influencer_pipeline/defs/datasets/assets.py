@@ -6,17 +6,17 @@ import dagster as dg
 from pydantic import Field
 
 from influencer_pipeline.captions import caption_dataset
-from influencer_pipeline.defs.errors import final_failure, user_errors_are_final
-from influencer_pipeline.defs.metadata import image_preview, table
-from influencer_pipeline.defs.partitions import personas
-from influencer_pipeline.defs.resources import CaptionerResource, MediaStoreResource
+from influencer_pipeline.dagster_layer.errors import final_failure, user_errors_are_final
+from influencer_pipeline.dagster_layer.loras import MIN_IMAGES
+from influencer_pipeline.dagster_layer.metadata import image_preview, table
+from influencer_pipeline.dagster_layer.partitions import personas
+from influencer_pipeline.dagster_layer.resources import CaptionerResource, MediaStoreResource
 from influencer_pipeline.ingest import IngestSettings, curate
 from influencer_pipeline.media.keys import dataset_prefix, uploads_prefix
 from influencer_pipeline.media.store import MediaStore
 from influencer_pipeline.personas import load_persona
 from influencer_pipeline.uploads import READY_MARKER, content_key
 
-MIN_IMAGES = 10
 RECOMMENDED_IMAGES = 15
 _DEFAULTS = IngestSettings()
 
@@ -172,10 +172,3 @@ def image_captions(
             )
         ],
     )
-
-
-persona_dataset_job = dg.define_asset_job(
-    "persona_dataset",
-    selection=dg.AssetSelection.groups("datasets"),
-    description="Curate and caption one persona's uploads (requested by the upload sensor).",
-)

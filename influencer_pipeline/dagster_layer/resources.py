@@ -18,6 +18,7 @@ from dagster_aws.s3 import S3Resource
 
 from influencer_pipeline.captions import BlipCaptioner, Captioner
 from influencer_pipeline.content.writers import TemplateWriter, Writer
+from influencer_pipeline.dagster_layer.publishing import PublishingResource
 from influencer_pipeline.errors import InputError
 from influencer_pipeline.generation.base import ImageEngine
 from influencer_pipeline.generation.comfyui import ComfyUIEngine
@@ -282,8 +283,6 @@ def media_store_from_env() -> MediaStoreResource:
 
 
 def resources_from_env() -> dict[str, dg.ConfigurableResource]:
-    from influencer_pipeline.defs.publishing import PublishingResource
-
     env = os.environ.get
     work_dir = os.path.abspath(env("WORK_DIR", "work"))
     return {

@@ -1,6 +1,6 @@
 """dagster-webserver, with a bearer token required for every write.
 
-    DAGSTER_GRAPHQL_TOKEN=... python -m influencer_pipeline.ops.webserver_auth -h 127.0.0.1 -p 3000 -w workspace.yaml
+    DAGSTER_GRAPHQL_TOKEN=... python -m influencer_pipeline.admin.webserver_auth -h 127.0.0.1 -p 3000 -w workspace.yaml
 
 Why: OSS dagster-webserver has no authentication (dagster-io/dagster#2219); anyone who reaches `/graphql` can launch,
 terminate or wipe runs. This builds the same app `dagster-webserver` builds for a workspace and serves it with
@@ -60,7 +60,7 @@ from dagster_webserver.app import create_app_from_workspace_process_context
 from dagster_webserver.version import __version__
 from graphql import DocumentNode, GraphQLError, OperationDefinitionNode, OperationType, parse
 
-from influencer_pipeline.ops.studio import studio_routes
+from influencer_pipeline.admin.studio import studio_routes
 from influencer_pipeline.redaction import redact_and_clip
 
 TOKEN_ENV = "DAGSTER_GRAPHQL_TOKEN"

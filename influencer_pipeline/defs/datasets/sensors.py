@@ -16,11 +16,10 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 
 from influencer_pipeline.content.plan import ContentPlan
-from influencer_pipeline.defs.content import content_plan, plan_key
-from influencer_pipeline.defs.datasets import training_images
-from influencer_pipeline.defs.partitions import HORIZON_DAYS, personas
-from influencer_pipeline.defs.resources import MediaStoreResource, UploadPolicy
-from influencer_pipeline.defs.training import persona_pipeline_job
+from influencer_pipeline.dagster_layer.partitions import HORIZON_DAYS, personas
+from influencer_pipeline.dagster_layer.plans import plan_key
+from influencer_pipeline.dagster_layer.resources import MediaStoreResource, UploadPolicy
+from influencer_pipeline.defs.datasets.assets import training_images
 from influencer_pipeline.errors import InputError
 from influencer_pipeline.media.store import MediaStore
 from influencer_pipeline.personas import load_persona
@@ -29,7 +28,7 @@ from influencer_pipeline.uploads import UploadCursor, scan
 
 
 @dg.sensor(
-    job=persona_pipeline_job,
+    job_name="persona_pipeline",  # the training group's job: datasets, captions, LoRA and samples
     minimum_interval_seconds=15,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Watches uploads/<persona>/ in the media store; adds persona partitions and requests dataset runs.",
@@ -114,7 +113,7 @@ def stale_plans(store: MediaStore, slug: str, today) -> list[dg.AssetObservation
         if plan.profile_digest != current:
             out.append(
                 dg.AssetObservation(
-                    asset_key=content_plan.key,
+                    asset_key=dg.AssetKey("content_plan"),
                     partition=str(dg.MultiPartitionKey({"date": day, "persona": slug})),
                     metadata={
                         "stale": True,

@@ -1,4 +1,4 @@
-"""Set the `gpu` pool limit on the Dagster instance: `python -m influencer_pipeline.ops.bootstrap --gpu-slots 3`.
+"""Set the `gpu` pool limit on the Dagster instance: `python -m influencer_pipeline.admin.bootstrap --gpu-slots 3`.
 
 Per-pool limits cannot be written in dagster.yaml: they live in the instance database (event-log storage), so a
 fresh PostgreSQL needs this once, and running it again must be harmless. It is idempotent: it only writes when the
@@ -16,7 +16,7 @@ import sys
 
 import dagster as dg
 
-from influencer_pipeline.defs.training import GPU_TAGS
+from influencer_pipeline.dagster_layer.tags import GPU_TAGS
 
 GPU_POOL = "gpu"
 

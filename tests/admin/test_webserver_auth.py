@@ -7,102 +7,21 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
 
-from influencer_pipeline.ops.webserver_auth import (
+from influencer_pipeline.admin.webserver_auth import (
     MutationAuthMiddleware,
     graphql_request,
     needs_token,
     selects_non_query,
 )
-from tests.conftest import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
-LAUNCH = """
-mutation Launch($p: ExecutionParams!) {
-  launchRun(executionParams: $p) { __typename ... on LaunchRunSuccess { run { runId status } } }
-}"""
-COUNT_RUNS = "query CountRuns { runsOrError { __typename ... on Runs { count } } }"
-PARAMS = {
-    "selector": {
-        "repositoryLocationName": "influencer_pipeline",
-        "repositoryName": "__repository__",
-        "jobName": "persona_dataset",
-    },
-    "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "ava"}]},
-}
-
-
-@dataclass(frozen=True)
-class Server:
-    url: str
-    token: str
-
-    def graphql(self, body: object, token: str | None = None, **kwargs: object) -> requests.Response:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return requests.post(f"{self.url}/graphql", json=body, headers=headers, timeout=60, **kwargs)
-
-    def run_count(self) -> int:
-        response = self.graphql({"query": COUNT_RUNS})
-        assert response.status_code == 200, response.text
-        return response.json()["data"]["runsOrError"]["count"]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    home = tmp_path_factory.mktemp("dagster_home")
-    shutil.copy(ROOT / "resources" / "dagster" / "dagster.local.yaml", home / "dagster.yaml")
-    token = secrets.token_urlsafe(32)
-    port = free_port()
-    env = os.environ | {"DAGSTER_HOME": str(home), "MEDIA_ROOT": str(home / "media"), "DAGSTER_GRAPHQL_TOKEN": token}
-    cmd = [sys.executable, "-m", "influencer_pipeline.ops.webserver_auth", "-h", "127.0.0.1", "-p", str(port)]
-    cmd += ["-w", str(ROOT / "workspace.yaml")]
-    with (home / "server.log").open("w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(url, proc, home / "server.log")
-        yield Server(url, token)
-    finally:
-        stop(proc)
-
-
-def wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
-        try:
-            if requests.get(f"{url}/server_info", timeout=2).ok:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"server not up after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGINT lets uvicorn and the workspace shut the code server down; SIGKILL what is left."""
-    for sig, grace in ((signal.SIGINT, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+from tests.support.webserver import COUNT_RUNS, LAUNCH, PARAMS, ROOT, Server
+from tests.support.webserver import server as server
 
 
 def test_launch_run_without_a_token_is_refused_and_creates_no_run(server: Server) -> None:
@@ -203,7 +122,7 @@ def test_the_websocket_cannot_run_a_mutation(server: Server) -> None:
 
 
 def test_it_refuses_to_start_without_a_strong_token(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "influencer_pipeline.ops.webserver_auth", "-w", str(ROOT / "workspace.yaml")]
+    cmd = [sys.executable, "-m", "influencer_pipeline.admin.webserver_auth", "-w", str(ROOT / "workspace.yaml")]
     for token in ("", "short"):
         env = os.environ | {"DAGSTER_HOME": str(tmp_path), "DAGSTER_GRAPHQL_TOKEN": token}
         done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)

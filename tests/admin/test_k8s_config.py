@@ -54,6 +54,8 @@ from dagster_k8s.job import USER_DEFINED_K8S_CONFIG_KEY, get_user_defined_k8s_co
 from dagster_postgres import DagsterPostgresStorage
 from dagster_postgres.utils import pg_url_from_config
 
+from tests.support.jobs import run_config_for
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S_YAML = ROOT / "resources" / "k8s" / "dagster.k8s.yaml"
 PRODUCTION_YAML = ROOT / "resources" / "dagster" / "dagster.production.yaml"
@@ -170,7 +172,7 @@ def all_jobs(defs: dg.Definitions) -> list[dg.JobDefinition]:
 
 def create_executor(job: dg.JobDefinition, instance: dg.DagsterInstance) -> StepDelegatingExecutor:
     """As a run worker does: the job's executor config resolved against its schema, then the executor created."""
-    resolved = ResolvedRunConfig.build(job, {})
+    resolved = ResolvedRunConfig.build(job, run_config_for(job))
     executor = job.executor_def.executor_creation_fn(
         InitExecutorContext(
             job=InMemoryJob(job),
@@ -198,7 +200,7 @@ def step_manifests(job: dg.JobDefinition, instance: dg.DagsterInstance) -> dict[
     handler._api_client = recording_client(api)
     origin = job_origin(job.name)
     run = create_run_for_test(instance, job_name=job.name, job_code_origin=origin)
-    plan: ExecutionPlan = create_execution_plan(job)
+    plan: ExecutionPlan = create_execution_plan(job, run_config=run_config_for(job))
     plan_context = PlanOrchestrationContext(
         plan_data=PlanData(
             job=InMemoryJob(job),
@@ -245,7 +247,7 @@ def tolerations(job: kubernetes.client.V1Job) -> list[tuple[str, str, str]]:
 
 
 def gpu_step_keys(job: dg.JobDefinition) -> set[str]:
-    return {step.key for step in create_execution_plan(job).steps if step.pool == "gpu"}
+    return {step.key for step in create_execution_plan(job, run_config=run_config_for(job)).steps if step.pool == "gpu"}
 
 
 # ---- (a) the instance yaml -------------------------------------------------------------------------------------------
@@ -376,13 +378,13 @@ def test_every_job_resolves_the_k8s_executor_config(k8s_defs: dg.Definitions, in
     assert jobs
     for job in jobs:
         assert job.executor_def.name == "k8s", job.name
-        config = ResolvedRunConfig.build(job, {}).execution.execution_engine_config
+        config = ResolvedRunConfig.build(job, run_config_for(job)).execution.execution_engine_config
         # The resolved config passes k8s_job_executor's own schema once more, as raw config.
         again = process_config(resolve_to_config_type(k8s_job_executor.config_schema.config_type), config)
         assert again.success, (job.name, again.errors)
         executor = create_executor(job, instance)
         assert isinstance(executor._step_handler, K8sStepHandler)
-        assert create_execution_plan(job).steps
+        assert create_execution_plan(job, run_config=run_config_for(job)).steps
 
 
 def test_a_misspelled_executor_key_is_rejected_by_the_same_path() -> None:
@@ -406,7 +408,7 @@ def test_a_misspelled_executor_key_is_rejected_by_the_same_path() -> None:
 def test_gpu_op_tags_parse_with_dagster_k8s_parser(k8s_defs: dg.Definitions) -> None:
     gpu_steps = 0
     for job in all_jobs(k8s_defs):
-        for step in create_execution_plan(job).steps:
+        for step in create_execution_plan(job, run_config=run_config_for(job)).steps:
             parsed = get_user_defined_k8s_config(step.tags)
             limits = parsed.container_config.get("resources", {}).get("limits", {})
             if step.pool == "gpu":
@@ -418,7 +420,7 @@ def test_gpu_op_tags_parse_with_dagster_k8s_parser(k8s_defs: dg.Definitions) -> 
 
 
 def test_a_misspelled_k8s_tag_is_rejected_by_the_parser() -> None:
-    from influencer_pipeline.defs.training import GPU_OP_TAGS
+    from influencer_pipeline.dagster_layer.tags import GPU_OP_TAGS
 
     good = {key: json.dumps(value) if isinstance(value, dict) else value for key, value in GPU_OP_TAGS.items()}
     assert get_user_defined_k8s_config(good).container_config["resources"]["limits"][GPU] == "1"
@@ -431,12 +433,14 @@ def test_a_misspelled_k8s_tag_is_rejected_by_the_parser() -> None:
 def test_step_pod_manifests_request_a_gpu_only_for_gpu_steps(
     k8s_defs: dg.Definitions, instance: dg.DagsterInstance
 ) -> None:
-    from influencer_pipeline.defs.training import GPU_OP_TAGS
+    from influencer_pipeline.dagster_layer.tags import GPU_OP_TAGS
 
     gpu_tag = GPU_OP_TAGS[USER_DEFINED_K8S_CONFIG_KEY]["container_config"]["resources"]
     seen_gpu = set()
     for job in all_jobs(k8s_defs):
-        step_defaults = ResolvedRunConfig.build(job, {}).execution.execution_engine_config.get("step_k8s_config", {})
+        step_defaults = ResolvedRunConfig.build(job, run_config_for(job)).execution.execution_engine_config.get(
+            "step_k8s_config", {}
+        )
         default_resources = step_defaults.get("container_config", {}).get("resources")
         assert default_resources, "k8s_executor_from_env sets no step resources: steps would get the run pod's"
         gpu_keys = gpu_step_keys(job)

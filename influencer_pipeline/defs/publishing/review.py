@@ -13,10 +13,11 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from influencer_pipeline.defs.metadata import table
-from influencer_pipeline.defs.partitions import calendar
-from influencer_pipeline.defs.publishing import CLOCK, PublishingResource
-from influencer_pipeline.defs.resources import media_store_from_env
+from influencer_pipeline.dagster_layer import publishing as shared
+from influencer_pipeline.dagster_layer.metadata import table
+from influencer_pipeline.dagster_layer.partitions import calendar
+from influencer_pipeline.dagster_layer.publishing import PublishingResource
+from influencer_pipeline.dagster_layer.resources import media_store_from_env
 from influencer_pipeline.errors import InputError
 from influencer_pipeline.publishing import decisions, review
 from influencer_pipeline.publishing.decisions import Decision
@@ -139,7 +140,7 @@ def review_posts_op(
 
         outbox = Path(publishing.outbox_dir)
     ledger = publishing.ledger()
-    outcomes = decisions.apply(ledger, wanted, reviewer=config.reviewer, now=CLOCK(), outbox=outbox)
+    outcomes = decisions.apply(ledger, wanted, reviewer=config.reviewer, now=shared.CLOCK(), outbox=outbox)
     for line in decisions.summary(outcomes).splitlines():
         context.log.info(line)
     rows = [

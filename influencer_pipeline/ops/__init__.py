@@ -1,1 +1,0 @@
-"""Operations tooling: instance bootstrap and an authenticating front for dagster-webserver."""

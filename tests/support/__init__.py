@@ -1,0 +1,1 @@
+"""Helpers shared by several test packages: import them from here, never from another package's test module."""
