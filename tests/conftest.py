@@ -3,42 +3,20 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
 
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
 from influencer_pipeline.media import LocalMediaStore, MediaStore, S3MediaStore
+from tests.support.services import free_port, require_service, service_missing  # noqa: F401 - also imported from here
 from tests.tiny_models import build_tiny_blip
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
-
-
-def service_missing(name: str, host: str, port: int, detail: object = "") -> NoReturn:
-    """Skip on a developer's machine without the service; fail under CI=true, where it runs and must be tested."""
-    reason = f"{name} not reachable at {host}:{port}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} and CI=true requires it" + (f": {detail}" if detail else ""))
-    pytest.skip(reason)
-
-
-def require_service(name: str, host: str, port: int) -> None:
-    try:
-        socket.create_connection((host, port), timeout=2).close()
-    except OSError as exc:
-        service_missing(name, host, port, exc)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from tests.conftest import require_service
+from tests.support.services import require_service
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCTION_YAML = ROOT / "resources" / "dagster" / "dagster.production.yaml"

@@ -28,9 +28,9 @@ import yaml
 
 from influencer_pipeline.dagster_layer.executors import EXECUTOR_ENV
 from influencer_pipeline.definitions import build_definitions
-from tests.conftest import require_service
 from tests.images import make_photo
 from tests.support.jobs import run_config_for
+from tests.support.services import require_service
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # dagster-celery runs `celery` from PATH: this venv's, first

@@ -14,9 +14,10 @@ from PIL import Image, ImageStat
 from influencer_pipeline.content.plan import ContentPlan
 from influencer_pipeline.dagster_layer.partitions import calendar, calendar_days
 from influencer_pipeline.dagster_layer.resources import ImageEngineResource, VoiceResource, WriterResource
+from influencer_pipeline.dagster_layer.settings import CalendarSettings
 from influencer_pipeline.definitions import defs
 from influencer_pipeline.defs.content.assets import content_plan, post_images, post_videos
-from influencer_pipeline.defs.content.schedules import CalendarSettings, build_content_calendar, plan_persona
+from influencer_pipeline.defs.content.schedules import build_content_calendar, plan_persona
 from influencer_pipeline.defs.datasets.assets import training_images
 from influencer_pipeline.media import LocalMediaStore
 from influencer_pipeline.video import thumbnail

@@ -12,7 +12,7 @@ import pytest
 from influencer_pipeline.dagster_layer.notifier import NotifierResource, notifier_resource_from_env
 from influencer_pipeline.defs.operations.sensors import notification_sensors, run_failure_notifier, run_success_notifier
 from influencer_pipeline.notify import SIGNATURE_HEADER, TIMESTAMP_HEADER, NotificationError, verify_signature
-from tests.test_notify import Receiver
+from tests.support.webhooks import Receiver
 
 SECRET = "sensor-test-secret"
 personas = dg.StaticPartitionsDefinition(["ava"])

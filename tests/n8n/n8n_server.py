@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import free_port
+from tests.support.services import free_port
 
 N8N_VERSION = "2.41.1"
 ROOT = Path(__file__).resolve().parents[2]

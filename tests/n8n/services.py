@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import free_port
+from tests.support.services import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "n8n-test-token-5f1c9a7e2b"  # DAGSTER_GRAPHQL_TOKEN: the webserver wants at least 16 characters

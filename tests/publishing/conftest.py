@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from influencer_pipeline.publishing.ledger import Ledger
-from tests.conftest import service_missing
 from tests.publishing.fake_platform import FakeClock
+from tests.support.services import service_missing
 
 PG_HOST = "127.0.0.1"
 PG_PORT = 5432

@@ -46,8 +46,8 @@ from influencer_pipeline.publishing.meta_errors import (
     classify,
     redact,
 )
-from tests.conftest import free_port
 from tests.publishing.meta_standin import MetaStandin
+from tests.support.services import free_port
 
 CAPTION = "Golden hour in Lisbon ✨ #travel #aiart"
 

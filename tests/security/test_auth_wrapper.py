@@ -29,7 +29,7 @@ from influencer_pipeline.admin.webserver_auth import (
     MutationAuthMiddleware,
     allowed_origins,
 )
-from tests.conftest import free_port
+from tests.support.services import free_port
 from tests.support.webserver import LAUNCH, PARAMS, Server
 from tests.support.webserver import server as server
 

@@ -31,8 +31,8 @@ from dagster._core.remote_representation.external_data import RepositorySnap
 from dagster._serdes import serialize_value
 
 from influencer_pipeline.dagster_layer.resources import SECRET_ENV_VARS
-from tests.conftest import free_port
 from tests.content.llm_standin import LLMStandin, Status
+from tests.support.services import free_port
 from tests.support.webserver import stop, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -34,7 +34,7 @@ from influencer_pipeline.publishing.ledger import Ledger, default_url
 from influencer_pipeline.publishing.review import PlanEntry
 from influencer_pipeline.studio.overview import Failure, build_overview
 from influencer_pipeline.studio.page import render
-from tests.conftest import free_port
+from tests.support.services import free_port
 from tests.support.webserver import LAUNCH, stop, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import free_port
+from tests.support.services import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCH = """
