@@ -127,7 +127,8 @@ def test_dropped_folder_starts_its_dataset_run_and_the_gpu_pool_holds(dev_server
     assert tags["dagster/partition"] == "newcomer"
     assert tags["dagster/sensor_name"] == "upload_sensor"
     assert len(list((media / "personas" / "newcomer" / "dataset").glob("*.png"))) == 16
-    assert (media / "personas" / "newcomer" / "lora" / "newcomer.safetensors").is_file()  # dataset -> LoRA in one run
+    # dataset -> LoRA in one run: one LoRA version (media/keys.py: personas/<persona>/lora/<version>/)
+    assert len(list((media / "personas" / "newcomer" / "lora").rglob("newcomer.safetensors"))) == 1
 
     # Two training runs launched at once over GraphQL: the `gpu` pool (limit 1) must serialise their GPU steps.
     config = {"ops": {"lora_weights": {"config": {"epochs": 1}}, "lora_samples": {"config": {"steps": 2}}}}
