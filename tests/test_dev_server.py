@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 import requests
 
 from tests.support.services import free_port
+from tests.support.webserver import stop
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = """
@@ -95,20 +95,6 @@ def dev_server(tmp_path):
     finally:
         stop(proc)
         log.close()
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGINT to the whole group lets `dagster dev` stop its webserver, daemon and code server cleanly."""
-    for sig, grace in ((signal.SIGINT, 30), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def test_dropped_folder_starts_its_dataset_run_and_the_gpu_pool_holds(dev_server) -> None:

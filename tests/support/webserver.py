@@ -86,8 +86,9 @@ def wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout: float = 
 
 
 def stop(proc: subprocess.Popen) -> None:
-    """SIGINT lets uvicorn and the workspace shut the code server down; SIGKILL what is left."""
-    for sig, grace in ((signal.SIGINT, 20), (signal.SIGKILL, 10)):
+    """SIGINT to the process group lets uvicorn (or `dagster dev`) shut its webserver, daemon and code server down
+    cleanly; SIGKILL what is left."""
+    for sig, grace in ((signal.SIGINT, 30), (signal.SIGKILL, 10)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
