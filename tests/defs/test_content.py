@@ -260,14 +260,11 @@ def test_images_use_the_pinned_lora_version_or_refuse_an_unknown_pin(trained) ->
     assert params["lora_version"] == latest
 
 
-def test_post_videos_render_checked_reels_with_voice_and_subtitles(trained) -> None:
-    config = {
-        "post_images": {"config": {"steps": 2, "image_size": 256, "reel_width": 256, "reel_height": 448}},
-        "post_videos": {"config": {"scale": 0.2}},
-    }
+def make_day_with_reels(trained, config: dict) -> dg.ExecuteInProcessResult:
+    """Plan, images and reels of 2026-11-21 for ava on a fresh instance, as a run (or a backfill) makes them."""
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("personas", ["ava"])
-        result = dg.materialize(
+        return dg.materialize(
             [content_plan, post_images, post_videos],
             partition_key=key(day="2026-11-21"),
             instance=instance,
@@ -280,6 +277,14 @@ def test_post_videos_render_checked_reels_with_voice_and_subtitles(trained) -> N
             run_config=dg.RunConfig(ops=config),
             raise_on_error=False,
         )
+
+
+def test_post_videos_render_checked_reels_with_voice_and_subtitles(trained) -> None:
+    config = {
+        "post_images": {"config": {"steps": 2, "image_size": 256, "reel_width": 256, "reel_height": 448}},
+        "post_videos": {"config": {"scale": 0.2}},
+    }
+    result = make_day_with_reels(trained, config)
     assert result.success, failure_text(result)
     meta = {k: v.value for k, v in result.asset_materializations_for_node("post_videos")[0].metadata.items()}
     plan = ContentPlan.model_validate_json(trained.read_bytes("personas/ava/content/2026-11-21/plan.json"))
@@ -295,20 +300,8 @@ def test_post_videos_render_checked_reels_with_voice_and_subtitles(trained) -> N
     assert trained.path(videos[0]).stat().st_mode & 0o044 == 0o044, "reels are readable by the group and others"
     cut = trained.read_bytes(videos[0])
 
-    with dg.instance_for_test() as instance:  # a backfill of a day already made (and maybe published)
-        instance.add_dynamic_partitions("personas", ["ava"])
-        again = dg.materialize(
-            [content_plan, post_images, post_videos],
-            partition_key=key(day="2026-11-21"),
-            instance=instance,
-            resources={
-                "media": media(trained),
-                "writer": WriterResource(),
-                "image_engine": ImageEngineResource(work_dir=str(trained.root.parent / "work")),
-                "voice": VoiceResource(),
-            },
-            run_config=dg.RunConfig(ops=config),
-        )
+    again = make_day_with_reels(trained, config)  # a backfill of a day already made (and maybe published)
+    assert again.success, failure_text(again)
     for node in ("content_plan", "post_images", "post_videos"):
         assert again.asset_materializations_for_node(node)[0].metadata["kept_existing"].value is True, node
     assert trained.read_bytes(videos[0]) == cut, "what may have been published is never re-rendered"
