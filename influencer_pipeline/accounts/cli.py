@@ -12,8 +12,10 @@ import webbrowser
 from collections.abc import Callable
 from datetime import datetime
 
-from influencer_pipeline.accounts.oauth import Accounts, OAuthError, account_health, utcnow
+from influencer_pipeline.accounts.clock import utcnow
+from influencer_pipeline.accounts.errors import OAuthError
 from influencer_pipeline.accounts.providers import BUILTIN, LOGINS, PLATFORMS
+from influencer_pipeline.accounts.service import Accounts, account_health
 from influencer_pipeline.accounts.store import Account, AccountNotFound, AccountStore, TokenIntegrityError
 from influencer_pipeline.errors import InputError
 from influencer_pipeline.personas import validate_slug

@@ -1,19 +1,8 @@
-"""OAuth 2.0 account linking and token upkeep for the publishers.
-
-Linking is the authorization-code flow with PKCE (S256) and a single-use `state` (reference section 5.1): the
-state is 256 random bits, lives 10 minutes, is compared in constant time, and is bound to the persona, the
-platform, the redirect URI and the PKCE verifier, which never leaves this process. The redirect comes back to a
-one-shot listener on 127.0.0.1 where the platform allows loopback redirects (Google, TikTok), or to a public
-HTTPS callback the person registers with Meta (a tunnel or reverse proxy forwards it to `--listen-port`, or the
-person pastes the address the browser landed on). Meta's short-lived tokens are exchanged for long-lived ones
-and the granted scopes are checked: a partial grant fails the link instead of failing the first post.
-
-`Accounts.fresh_token` is what publishers call. It refreshes ahead of expiry with one refresher per account at
-a time: a `threading.Lock` per account serialises threads in this process, and a lease on the account's row
-(a compare-and-set UPDATE, see `AccountStore.try_lease`) serialises processes, on SQLite and PostgreSQL alike,
-without holding a database lock during the HTTP call; a crashed refresher's lease expires after two minutes.
-Whoever waits re-reads the row afterwards and uses the token the refresher stored, so a rotating refresh token
-(TikTok) is spent exactly once and the new pair is committed before anyone uses it.
+"""The OAuth 2.0 client for one platform: the authorize URL, the code exchange (RFC 6749 section 4.1, with PKCE),
+Meta's exchange of its short-lived token for a long-lived one
+(https://developers.facebook.com/docs/facebook-login/guides/access-tokens/get-long-lived/), the granted-scope check
+(a partial grant fails the link instead of failing the first post), the call that names the linked account,
+refresh (RFC 6749 section 6) and revocation.
 
 Tokens are `Secret`s everywhere here; error messages quote the platform's words with every secret scrubbed, are
 raised `from None` (requests' exceptions quote URLs, and Meta takes tokens in query strings), and a filter on
@@ -22,54 +11,27 @@ urllib3's logger redacts token-bearing query values from its DEBUG request lines
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import hashlib
-import hmac
-import http.server
 import logging
 import os
 import re
 import secrets
-import threading
-import time
-import uuid
-import webbrowser
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import requests
 
-from influencer_pipeline.accounts.providers import (
-    FACEBOOK_LOGIN,
-    LOGINS,
-    PkceEncoding,
-    Provider,
-    default_login,
-    login_key,
-    provider_for,
-)
-from influencer_pipeline.accounts.store import (
-    HEALTH_RECONNECT,
-    Account,
-    AccountStore,
-    Identity,
-    Secret,
-    Tokens,
-    TokenSet,
-)
+from influencer_pipeline.accounts.clock import Clock, utcnow
+from influencer_pipeline.accounts.errors import InvalidGrant, OAuthError
+from influencer_pipeline.accounts.pkce import code_challenge, new_verifier
+from influencer_pipeline.accounts.providers import FACEBOOK_LOGIN, Provider, provider_for
+from influencer_pipeline.accounts.state import STATE_TTL, PendingAuthorization, PendingStates
+from influencer_pipeline.accounts.store import Identity, Secret, Tokens, TokenSet
 from influencer_pipeline.errors import InputError
 from influencer_pipeline.redaction import redact
 
-log = logging.getLogger(__name__)
-
-Clock = Callable[[], datetime]
-STATE_TTL = timedelta(minutes=10)
-REFRESH_LEASE = timedelta(minutes=2)
-EXPIRY_WARNING = timedelta(days=7)
 SENSITIVE_PARAMS = (
     "access_token",
     "refresh_token",
@@ -80,10 +42,6 @@ SENSITIVE_PARAMS = (
     "token",
 )
 CONFIG_ERRORS = {"invalid_client", "unauthorized_client", "unsupported_grant_type", "invalid_scope"}
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def scrub(text: str, hidden: Iterable[str] = ()) -> str:
@@ -109,173 +67,6 @@ def _install_log_filter() -> None:
 
 
 _install_log_filter()
-
-
-class OAuthError(Exception):
-    """A failed OAuth step; `transient` says whether trying again later can help (network, timeout, 5xx, 429)."""
-
-    def __init__(self, message: str, *, transient: bool = False) -> None:
-        super().__init__(message)
-        self.transient = transient
-
-
-class InvalidGrant(OAuthError):
-    """The platform refused a code or token: used, expired, revoked, or the PKCE verifier does not match."""
-
-
-class StateError(OAuthError):
-    """The callback's state is unknown, already used, expired or bound to another sign-in: possibly forged."""
-
-
-class ReconnectNeeded(OAuthError):
-    """The account's tokens are dead and only the person can fix it, by linking again."""
-
-    def __init__(self, account: Account, reason: str) -> None:
-        super().__init__(
-            f"the {account.platform} account of persona {account.persona!r} must be linked again ({reason}). "
-            f"Fix: influencer-pipeline accounts link {account.platform} --persona {account.persona}"
-        )
-
-
-def new_verifier() -> str:
-    """A PKCE code verifier: 64 characters of the RFC 7636 unreserved set (the RFC allows 43 to 128)."""
-    return secrets.token_urlsafe(48)
-
-
-def code_challenge(verifier: str, encoding: PkceEncoding) -> str:
-    """The S256 challenge: SHA-256 of the verifier, base64url without padding (RFC 7636) or hex (TikTok desktop)."""
-    digest = hashlib.sha256(verifier.encode("ascii")).digest()
-    if encoding == "hex":
-        return digest.hex()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-
-
-@dataclass(frozen=True)
-class PendingAuthorization:
-    """One sign-in in progress. Its state names it; the verifier stays here, only its challenge is sent."""
-
-    state: str
-    persona: str
-    platform: str
-    redirect_uri: str
-    verifier: Secret | None
-    expires_at: datetime
-    authorize_url: str
-
-
-class PendingStates:
-    """Sign-ins started by this process, each usable once and for `STATE_TTL`."""
-
-    def __init__(self, clock: Clock = utcnow) -> None:
-        self._clock = clock
-        self._pending: dict[str, PendingAuthorization] = {}
-        self._guard = threading.Lock()
-
-    def add(self, pending: PendingAuthorization) -> None:
-        with self._guard:
-            self._pending[pending.state] = pending
-
-    def consume(self, state: str, persona: str, platform: str) -> PendingAuthorization:
-        """Remove and return the sign-in `state` names; refuse unknown, expired or mismatched ones."""
-        with self._guard:
-            match = None
-            for known in self._pending:  # every entry is compared, in constant time
-                if hmac.compare_digest(known.encode(), state.encode()):
-                    match = known
-            pending = self._pending.pop(match) if match is not None else None
-        if pending is None:
-            raise StateError(
-                "the callback's state matches no sign-in started here (forged, replayed, or from another attempt); "
-                "run the link command again"
-            )
-        if pending.expires_at <= self._clock():
-            raise StateError("the sign-in expired (10 minutes); run the link command again")
-        if (pending.persona, pending.platform) != (persona, platform):
-            raise StateError(f"the callback belongs to the {pending.platform} sign-in of persona {pending.persona!r}")
-        return pending
-
-
-_PAGES = {
-    200: "Authorization received. You can close this tab and return to the terminal.",
-    400: "This address is not a sign-in callback.",
-    404: "Not found.",
-    409: "This sign-in was already received. Return to the terminal.",
-}
-
-
-class LoopbackReceiver:
-    """A one-shot listener on 127.0.0.1 for the platform's redirect (RFC 8252 loopback redirect).
-
-    It captures the first request on its path that carries a `state` or an `error`, answers the browser with a
-    plain page, and refuses every later callback. Request lines are never logged: they carry the code."""
-
-    def __init__(self, path: str = "/callback", port: int = 0) -> None:
-        self.path = path
-        self._params: dict[str, str] | None = None
-        self._captured = threading.Event()
-        self._guard = threading.Lock()
-        try:
-            self._server = http.server.ThreadingHTTPServer(("127.0.0.1", port), self._handler())
-        except OSError as exc:
-            raise InputError(
-                "--listen-port", f"cannot listen on 127.0.0.1:{port} ({exc.strerror})", "pick a free port"
-            ) from None
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    @property
-    def redirect_uri(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}{self.path}"
-
-    def wait(self, timeout_s: float) -> dict[str, str]:
-        """The callback's query parameters, once the browser delivers them."""
-        if not self._captured.wait(timeout_s) or self._params is None:
-            raise OAuthError(f"no sign-in came back within {timeout_s:g} s; run the link command again", transient=True)
-        return dict(self._params)
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> LoopbackReceiver:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def _answer(self, target: str) -> int:
-        url = urlsplit(target)
-        if url.path != self.path:
-            return 404
-        params = dict(parse_qsl(url.query))
-        if "state" not in params and "error" not in params:
-            return 400
-        with self._guard:
-            if self._params is not None:
-                return 409
-            self._params = params
-        self._captured.set()
-        return 200
-
-    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
-        receiver = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                status = receiver._answer(self.path)
-                body = f"<!doctype html><title>influencer-pipeline</title><p>{_PAGES[status]}</p>\n".encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Cache-Control", "no-store")
-                self.send_header("Referrer-Policy", "no-referrer")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                """Silenced: the request line carries the authorization code."""
-
-        return Handler
 
 
 @dataclass(frozen=True)
@@ -632,249 +423,3 @@ def _choose_page(pages: list[dict[str, Any]], wanted: str | None) -> dict[str, A
     if len(pages) > 1:
         raise InputError("--page", f"the account manages several Pages: {names}", "link again with --page NAME_OR_ID")
     return pages[0]
-
-
-def account_health(account: Account, now: datetime) -> str:
-    """What `accounts list` shows: ok, expires soon (within 7 days, unless the refresh sweep renews it first),
-    expired, or needs reconnect (the platform refused the tokens)."""
-    if account.health == HEALTH_RECONNECT:
-        return "needs reconnect"
-    provider = LOGINS[(account.platform, account.login or default_login(account.platform))]
-    dies_at = account.refresh_expires_at if provider.refresh == "refresh_token" else account.expires_at
-    if dies_at is None or dies_at - now > EXPIRY_WARNING:
-        return "ok"
-    return "expired" if dies_at <= now else "expires soon"
-
-
-class Accounts:
-    """The accounts API for the pipeline: `link`, `fresh_token` (publishers), `refresh_due` (a sweep), `unlink`."""
-
-    def __init__(
-        self,
-        store: AccountStore,
-        clients: Callable[[str, str], OAuthClient] | None = None,
-        *,
-        clock: Clock = utcnow,
-        lease: timedelta = REFRESH_LEASE,
-        poll_s: float = 0.05,
-    ) -> None:
-        self.store = store
-        self.clock = clock
-        self.lease = lease
-        self.poll_s = poll_s
-        self._make_client = clients or (
-            lambda platform, login: OAuthClient.from_env(platform, login=login, clock=clock)
-        )
-        self._clients: dict[tuple[str, str], OAuthClient] = {}
-        self._states = PendingStates(clock)
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
-        self._guard = threading.Lock()
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Accounts:
-        """Accounts on `INFLUENCER_ACCOUNTS_DB` (default: SQLite next to the Dagster instance)."""
-        return cls(AccountStore.from_env(environ))
-
-    def __repr__(self) -> str:
-        return f"Accounts(store={self.store!r})"
-
-    def client(self, platform: str, login: str | None = None) -> OAuthClient:
-        """The OAuth client for linking `platform` with `login` (default: the platform's own login)."""
-        key = login_key(platform, login)
-        with self._guard:
-            if key not in self._clients:
-                self._clients[key] = self._make_client(*key)
-            return self._clients[key]
-
-    def account(self, persona: str, platform: str) -> Account:
-        return self.store.get(persona, platform)
-
-    def link(
-        self,
-        persona: str,
-        platform: str,
-        *,
-        callback_url: str | None = None,
-        listen_port: int | None = None,
-        page: str | None = None,
-        login: str | None = None,
-        open_browser: Callable[[str], object] | None = webbrowser.open,
-        read_redirect: Callable[[str], str] = input,
-        say: Callable[[str], None] = print,
-        timeout_s: float = STATE_TTL.total_seconds(),
-    ) -> Account:
-        """Run the sign-in and store the account. The redirect arrives at a loopback listener, at `listen_port`
-        behind a public `callback_url`, or (public callback without a listener) is pasted by the person.
-        `login` picks how (Instagram: `instagram`, the default, or `facebook`); the account records it."""
-        client = self.client(platform, login)
-        with _callback_channel(client.provider, callback_url, listen_port) as receiver:
-            redirect_uri = callback_url or (receiver.redirect_uri if receiver else "")
-            pending = client.begin(persona, redirect_uri, self._states)
-            say(f"Sign in with {client.provider.login} to link {platform} for persona {persona!r}:")
-            say(f"  {pending.authorize_url}")
-            if open_browser is not None:
-                open_browser(pending.authorize_url)
-            if receiver is not None:
-                callback = receiver.wait(timeout_s)
-            else:
-                pasted = read_redirect("After approving, paste the full address your browser was sent to: ")
-                callback = dict(parse_qsl(urlsplit(pasted.strip()).query))
-            tokens = client.finish(callback, self._states, persona)
-            identity, tokens = client.identify(tokens, page)
-        account = self.store.save_link(persona, platform, identity, tokens, self.clock(), client.provider.login_type)
-        log.info("linked %s account %r (%s) to %s", platform, identity.display_name, identity.account_id, persona)
-        return account
-
-    def fresh_token(self, persona: str, platform: str, *, rejected: str | None = None) -> str:
-        """An access token for (persona, platform), refreshed first when it is inside the platform's refresh
-        margin (Google 5 min, TikTok 10 min, Instagram 30 days; Facebook Page tokens do not expire).
-
-        Pass the token the platform just refused (HTTP 401) as `rejected` to force one refresh; callers that
-        refused the same token share that one refresh. Raises `ReconnectNeeded` when only linking again can
-        help, `OAuthError(transient=True)` when the platform is unreachable and the stored token has expired,
-        and `AccountNotFound` when nothing is linked."""
-        token = self._usable(self.store.get(persona, platform), rejected)
-        if token is not None:
-            return token
-        with self._lock(persona, platform):
-            return self._refresh_single_flight(persona, platform, rejected)
-
-    def refresh_due(self) -> list[tuple[Account, str]]:
-        """The periodic sweep: refresh every account inside its margin; (account, outcome) for each account."""
-        outcomes = []
-        for account in self.store.list():
-            try:
-                self.fresh_token(account.persona, account.platform)
-            except OAuthError as exc:
-                outcomes.append((account, f"failed: {exc}"))
-                continue
-            after = self.store.get(account.persona, account.platform)
-            outcomes.append((after, "refreshed" if after.refreshed_at != account.refreshed_at else "fresh"))
-        return outcomes
-
-    def unlink(self, persona: str, platform: str) -> str:
-        """Revoke the grant at the platform where it has an endpoint, then delete the row even if that failed."""
-        account = self.store.get(persona, platform)
-        note = self._revoke(account)
-        self.store.delete(persona, platform)
-        log.info("unlinked %s from persona %s: %s", platform, persona, note)
-        return note
-
-    def _revoke(self, account: Account) -> str:
-        client = self.client(account.platform, account.login)
-        hint = client.provider.unlink_hint
-        if client.provider.revoke is None:
-            return f"removed here; {hint}"
-        try:
-            client.revoke(self.store.read_tokens(account))
-        except InvalidGrant:
-            return f"the tokens were already invalid at {account.platform}; removed here"
-        except OAuthError as exc:
-            return f"could not revoke at {account.platform} ({exc}); removed here; to finish, {hint}"
-        return f"revoked at {account.platform} and removed here"
-
-    def _lock(self, persona: str, platform: str) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault((persona, platform), threading.Lock())
-
-    def _usable(self, account: Account, rejected: str | None) -> str | None:
-        """The stored access token if it needs no refresh, else None; raises if the account needs a relink."""
-        if account.health == HEALTH_RECONNECT:
-            raise ReconnectNeeded(account, "the platform refused its tokens")
-        access = self.store.read_tokens(account).access.reveal()
-        if rejected is not None and hmac.compare_digest(access.encode(), rejected.encode()):
-            return None
-        margin = self.client(account.platform, account.login).provider.refresh_margin
-        if account.expires_at is not None and account.expires_at - self.clock() <= margin:
-            return None
-        return access
-
-    def _refresh_single_flight(self, persona: str, platform: str, rejected: str | None) -> str:
-        """Take the row's lease and refresh, or wait for the holder and use what it stored."""
-        login = self.store.get(persona, platform).login
-        deadline = time.monotonic() + self.lease.total_seconds() + self.client(platform, login).timeout_s
-        while True:
-            account = self.store.get(persona, platform)
-            token = self._usable(account, rejected)
-            if token is not None:
-                return token
-            owner = f"{os.getpid()}-{uuid.uuid4().hex[:16]}"
-            now = self.clock()
-            if self.store.try_lease(account, owner, now, now + self.lease):
-                return self._refresh_leased(account, owner, rejected)
-            if time.monotonic() > deadline:
-                raise OAuthError(f"{account.label}: another process is still refreshing this account", transient=True)
-            time.sleep(self.poll_s)
-
-    def _refresh_leased(self, account: Account, owner: str, rejected: str | None) -> str:
-        client = self.client(account.platform, account.login)
-        stored = self.store.read_tokens(account)
-        saved = False
-        try:
-            if client.provider.refresh is None:
-                raise InvalidGrant(f"{account.platform} tokens cannot be refreshed")
-            tokens = client.refresh(stored)
-            self.store.save_refresh(account, tokens, owner, self.clock())
-            saved = True
-            log.info("refreshed the %s token (valid until %s)", account.label, _when(tokens.expires_at))
-            return tokens.access.reveal()
-        except InvalidGrant as exc:
-            raise self._needs_reconnect(account, str(exc)) from None
-        except OAuthError as exc:
-            if rejected is not None or account.expires_at is None or account.expires_at <= self.clock():
-                raise
-            log.warning(
-                "%s: refresh failed (%s); the current token stays valid until %s",
-                account.label,
-                exc,
-                account.expires_at.isoformat(timespec="minutes"),
-            )
-            return stored.access.reveal()
-        finally:
-            if not saved:
-                self.store.release_lease(account, owner)
-
-    def _needs_reconnect(self, account: Account, reason: str) -> ReconnectNeeded:
-        if self.store.set_health(account, HEALTH_RECONNECT):  # warn once, on the transition
-            log.warning("%s must be linked again: %s", account.label, reason)
-        return ReconnectNeeded(account, reason)
-
-
-def _when(moment: datetime | None) -> str:
-    return moment.isoformat(timespec="minutes") if moment else "no expiry"
-
-
-@contextlib.contextmanager
-def _callback_channel(
-    provider: Provider, callback_url: str | None, listen_port: int | None
-) -> Iterator[LoopbackReceiver | None]:
-    """Where the redirect will arrive: a loopback listener, a listener behind a public callback, or nowhere
-    (the person pastes the address)."""
-    if callback_url is None:
-        if not provider.loopback:
-            raise InputError(
-                "--callback-url",
-                f"{provider.login} does not accept loopback redirects; it needs a public HTTPS callback",
-                f"expose this machine through a tunnel or reverse proxy, {provider.setup_hint}, and pass "
-                "--callback-url https://HOST/PATH (add --listen-port PORT if the tunnel forwards to 127.0.0.1:PORT; "
-                "without it you paste the address the browser lands on)",
-            )
-        with LoopbackReceiver(provider.loopback_path, listen_port or 0) as receiver:
-            yield receiver
-        return
-    _check_callback_url(provider, callback_url)
-    if listen_port is None:
-        yield None
-        return
-    with LoopbackReceiver(urlsplit(callback_url).path or "/", listen_port) as receiver:
-        yield receiver
-
-
-def _check_callback_url(provider: Provider, callback_url: str) -> None:
-    url = urlsplit(callback_url)
-    schemes = ("https", "http") if provider.loopback else ("https",)
-    if url.scheme not in schemes or not url.netloc:
-        rule = f"{provider.login} needs an absolute {' or '.join(schemes)} URL"
-        raise InputError("--callback-url", rule, provider.setup_hint)
-    if url.query or url.fragment:
-        raise InputError("--callback-url", "a redirect URI cannot carry a query or fragment", "remove them")

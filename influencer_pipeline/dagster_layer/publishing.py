@@ -70,7 +70,7 @@ class TokenSource:
         self.last: str | None = None
 
     def __call__(self) -> str:
-        from influencer_pipeline.accounts.oauth import OAuthError
+        from influencer_pipeline.accounts.errors import OAuthError
         from influencer_pipeline.accounts.store import AccountNotFound
 
         try:

@@ -39,8 +39,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
 
-from influencer_pipeline.accounts.oauth import Accounts, ClientCredentials, OAuthClient
+from influencer_pipeline.accounts.oauth import ClientCredentials, OAuthClient
 from influencer_pipeline.accounts.providers import FACEBOOK_LOGIN, GRAPH_API_VERSION, LOGINS, default_login
+from influencer_pipeline.accounts.service import Accounts
 from influencer_pipeline.accounts.store import AccountStore, Secret
 
 V = GRAPH_API_VERSION

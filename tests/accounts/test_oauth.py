@@ -21,19 +21,13 @@ import pytest
 import requests
 from cryptography.fernet import Fernet
 
-from influencer_pipeline.accounts.oauth import (
-    Accounts,
-    InvalidGrant,
-    LoopbackReceiver,
-    OAuthError,
-    PendingStates,
-    ReconnectNeeded,
-    StateError,
-    account_health,
-    code_challenge,
-    utcnow,
-)
+from influencer_pipeline.accounts.clock import utcnow
+from influencer_pipeline.accounts.errors import InvalidGrant, OAuthError, ReconnectNeeded, StateError
+from influencer_pipeline.accounts.pkce import code_challenge
 from influencer_pipeline.accounts.providers import BUILTIN, GRAPH_API_VERSION, LOGINS, PLATFORMS, provider_for
+from influencer_pipeline.accounts.redirect import LoopbackReceiver
+from influencer_pipeline.accounts.service import Accounts, account_health
+from influencer_pipeline.accounts.state import PendingStates
 from influencer_pipeline.accounts.store import AccountStore, Secret, TokenCipher, accounts_table
 from influencer_pipeline.errors import InputError
 from tests.accounts.oauth_standin import (

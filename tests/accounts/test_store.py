@@ -15,7 +15,7 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import select, update
 
-from influencer_pipeline.accounts.oauth import utcnow
+from influencer_pipeline.accounts.clock import utcnow
 from influencer_pipeline.accounts.store import (
     GENERATE_KEY,
     KEYS_ENV,

@@ -21,8 +21,9 @@ import pytest
 from cryptography.fernet import Fernet
 from PIL import Image
 
-from influencer_pipeline.accounts.oauth import Accounts, utcnow
+from influencer_pipeline.accounts.clock import utcnow
 from influencer_pipeline.accounts.providers import provider_for
+from influencer_pipeline.accounts.service import Accounts
 from influencer_pipeline.accounts.store import Account
 from influencer_pipeline.endpoints import GRAPH_API_VERSION
 from influencer_pipeline.media import LocalMediaStore, S3MediaStore

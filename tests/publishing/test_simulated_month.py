@@ -41,8 +41,9 @@ from cryptography.fernet import Fernet
 from dagster_aws.s3 import S3Resource
 from PIL import Image
 
-from influencer_pipeline.accounts.oauth import Accounts, utcnow
+from influencer_pipeline.accounts.clock import utcnow
 from influencer_pipeline.accounts.providers import provider_for
+from influencer_pipeline.accounts.service import Accounts
 from influencer_pipeline.content.plan import ContentPlan, PlannedPost
 from influencer_pipeline.dagster_layer import publishing as defs
 from influencer_pipeline.dagster_layer.partitions import calendar
