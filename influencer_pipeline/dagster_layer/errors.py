@@ -47,18 +47,25 @@ def ranged(default: object, low: float, high: float, description: str, multiple_
     )
 
 
-def check_ranges(config: BaseModel, where: str) -> None:
-    """Every `ranged` field outside its range, in one InputError (raise it inside `user_errors_are_final`)."""
+def range_problems(config: BaseModel) -> list[str]:
+    """Every field declared with a range (`ranged`, or a preset override) that is set outside it."""
     problems = []
     for name, info in type(config).model_fields.items():
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-        if "range" not in extra:
+        value = getattr(config, name)
+        if "range" not in extra or value is None:
             continue
         low, high, multiple_of = extra["range"]
-        value = getattr(config, name)
-        if not low <= value <= high:
-            problems.append(f"'{name}': {value!r} is out of range {low:g} to {high:g}")
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f"{low:g} to {high:g}" if high is not None else f"at least {low:g}"
+            problems.append(f"'{name}': {value!r} is out of range {bounds}")
         elif multiple_of and value % multiple_of:
             problems.append(f"'{name}': {value!r} is not a multiple of {multiple_of}")
+    return problems
+
+
+def check_ranges(config: BaseModel, where: str) -> None:
+    """`range_problems` as one InputError (raise it inside `user_errors_are_final`)."""
+    problems = range_problems(config)
     if problems:
         raise InputError(where, "; ".join(problems), "use values within the ranges the launchpad shows")

@@ -3,7 +3,6 @@
 from collections.abc import Iterator
 
 import dagster as dg
-from pydantic import Field
 
 from influencer_pipeline.captions import caption_dataset
 from influencer_pipeline.dagster_layer.errors import final_failure, user_errors_are_final
@@ -11,6 +10,7 @@ from influencer_pipeline.dagster_layer.loras import MIN_IMAGES
 from influencer_pipeline.dagster_layer.metadata import image_preview, table
 from influencer_pipeline.dagster_layer.partitions import personas
 from influencer_pipeline.dagster_layer.resources import CaptionerResource, MediaStoreResource
+from influencer_pipeline.defs.datasets.config import ImageCaptionsConfig, TrainingImagesConfig
 from influencer_pipeline.ingest import IngestSettings, curate
 from influencer_pipeline.media.keys import dataset_prefix, uploads_prefix
 from influencer_pipeline.media.store import MediaStore
@@ -18,25 +18,6 @@ from influencer_pipeline.personas import load_persona
 from influencer_pipeline.uploads import READY_MARKER, content_key
 
 RECOMMENDED_IMAGES = 15
-_DEFAULTS = IngestSettings()
-
-
-class TrainingImagesConfig(dg.Config):
-    """Curation thresholds; defaults suit SD1.5 LoRA training. See docs/SETUP.md for what each rule does."""
-
-    min_short_side: int = Field(_DEFAULTS.min_short_side, ge=64, le=8192)
-    resolution: int = Field(_DEFAULTS.resolution, ge=128, le=2048, multiple_of=64)
-    max_pixels: int = Field(_DEFAULTS.max_pixels, ge=1_000_000)
-    min_sharpness: float = Field(_DEFAULTS.min_sharpness, ge=0)
-    min_brightness: float = Field(_DEFAULTS.min_brightness, ge=0, le=255)
-    max_brightness: float = Field(_DEFAULTS.max_brightness, ge=0, le=255)
-    duplicate_distance: int = Field(_DEFAULTS.duplicate_distance, ge=0, le=64)
-    animated: str = Field(_DEFAULTS.animated, pattern="^(first_frame|reject)$")
-    workers: int = Field(_DEFAULTS.workers, ge=1, le=64)
-
-
-class ImageCaptionsConfig(dg.Config):
-    overwrite: bool = Field(False, description="Re-caption images that already have a caption (needs a model).")
 
 
 @dg.asset(

@@ -14,7 +14,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
-from pydantic import Field
 
 from influencer_pipeline.content.plan import ContentPlan, PlannedPost
 from influencer_pipeline.dagster_layer import publishing as shared
@@ -24,6 +23,7 @@ from influencer_pipeline.dagster_layer.partitions import calendar
 from influencer_pipeline.dagster_layer.plans import day_and_persona, fetch, post_image_keys, read_plan
 from influencer_pipeline.dagster_layer.publishing import PublishingResource
 from influencer_pipeline.dagster_layer.resources import MediaStoreResource
+from influencer_pipeline.defs.publishing.config import PublishedPostsConfig
 from influencer_pipeline.errors import InputError
 from influencer_pipeline.media.keys import content_prefix
 from influencer_pipeline.media.store import MediaStore
@@ -41,14 +41,6 @@ CHECK_NAME = "posts_on_time"
 
 
 ROW_COLUMNS = ("time", "post", "platform", "account", "state", "next_attempt", "remote_id", "permalink", "error")
-
-
-class PublishedPostsConfig(dg.Config):
-    only_due: bool = Field(
-        True,
-        description="true: publish the day's scheduled posts whose time has come. false: 'publish now' for every "
-        "post of the day that has not started (drafts and late posts included): an explicit operator decision.",
-    )
 
 
 def media_for(store: MediaStore, slug: str, day: str, work: Path):

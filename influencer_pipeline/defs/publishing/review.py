@@ -7,17 +7,16 @@ the ledger only, through `publishing/decisions.py` like the CLI; the due-posts s
 """
 
 from datetime import datetime
-from enum import Enum
 from typing import Any
 
 import dagster as dg
-from pydantic import Field
 
 from influencer_pipeline.dagster_layer import publishing as shared
 from influencer_pipeline.dagster_layer.metadata import table
 from influencer_pipeline.dagster_layer.partitions import calendar
 from influencer_pipeline.dagster_layer.publishing import PublishingResource
 from influencer_pipeline.dagster_layer.resources import media_store_from_env
+from influencer_pipeline.defs.publishing.config import Action, ReviewPostsConfig
 from influencer_pipeline.errors import InputError
 from influencer_pipeline.publishing import decisions, review
 from influencer_pipeline.publishing.decisions import Decision
@@ -26,44 +25,6 @@ from influencer_pipeline.studio import studio_url
 from influencer_pipeline.studio.overview import captions_of_day
 
 OP_NAME = "record_decisions"  # the run config path: ops.record_decisions.config
-
-
-class Action(Enum):
-    keep = "keep"
-    approve = "approve"
-    hold = "hold"
-    reschedule = "reschedule"
-    publish_now = "publish_now"
-    mark_posted = "mark_posted"
-
-
-class PostReview(dg.Config):
-    post_id: str = Field(description="The post's id, as planned (`<day>-<n>`).")
-    platform: str = Field(
-        "", description="One platform of the post (instagram, facebook, youtube, tiktok); empty: all of them."
-    )
-    action: Action = Field(
-        Action.keep,
-        description="keep: change nothing. approve: a draft or held post goes out at its time (if that time has "
-        "passed it waits for publish_now). hold: keep it from going out. reschedule: move it to new_time. "
-        "publish_now: release it at once, whatever its time. mark_posted: you posted its outbox bundle by hand.",
-    )
-    new_time: str = Field(
-        "", description="For reschedule only: the new time with its offset, e.g. 2026-12-07T18:30:00+01:00."
-    )
-    state: str = Field("", description="For reading: the post's state when this config was made (ignored).")
-    time: str = Field("", description="For reading: when it is planned to go out, UTC (ignored).")
-    caption: str = Field("", description="For reading: the start of its caption (ignored).")
-
-
-class ReviewPostsConfig(dg.Config):
-    persona: str = Field(description="The persona whose posts these are (a folder name under uploads/).")
-    day: str = Field(description="The day the posts belong to, YYYY-MM-DD.")
-    reviewer: str = Field("dagster-ui", description="Who decided: kept in the ledger with each decision.")
-    posts: list[PostReview] = Field(
-        default_factory=list,
-        description="One entry per post and platform; pick a date and persona partition to fill them in.",
-    )
 
 
 def day_review_config(persona: str, day: str) -> dict[str, Any]:
