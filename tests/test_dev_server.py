@@ -8,13 +8,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
 from tests.support.services import free_port
+from tests.support.waiting import wait_until
 from tests.support.webserver import stop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,14 +61,7 @@ def graphql(url: str, query: str, variables: dict | None = None) -> dict:
 
 
 def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"dagster dev exited early with {proc.returncode}"
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    return wait_until(predicate, what, timeout, interval=1, processes=[proc])
 
 
 @pytest.fixture

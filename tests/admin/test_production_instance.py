@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from tests.support.services import require_service
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCTION_YAML = ROOT / "resources" / "dagster" / "dagster.production.yaml"
@@ -222,15 +223,7 @@ def launch(daemon: subprocess.Popen, instance: dg.DagsterInstance, workspace: Pa
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, proc: subprocess.Popen | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"dagster-daemon exited with {proc.returncode} while waiting for {what}")
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    return wait_until(predicate, what, timeout, interval=0.5, processes=[proc] if proc is not None else [])
 
 
 def stop_group(proc: subprocess.Popen) -> None:

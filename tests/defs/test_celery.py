@@ -31,6 +31,7 @@ from influencer_pipeline.definitions import build_definitions
 from tests.images import make_photo
 from tests.support.jobs import run_config_for
 from tests.support.services import require_service
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # dagster-celery runs `celery` from PATH: this venv's, first
@@ -101,14 +102,10 @@ class Workers:
             )
         self.procs[name] = proc
         ready = re.compile(rf"\b({re.escape(name)}@\S+) ready\.")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            found = ready.search(log.read_text())
-            if found:
-                return found.group(1)
-            assert proc.poll() is None, f"worker {name} exited with {proc.returncode}\n{self.logs()}"
-            time.sleep(0.5)
-        raise AssertionError(f"worker {name} not ready after 60 s\n{self.logs()}")
+        found = wait_until(
+            lambda: ready.search(log.read_text()), f"worker {name}", 60, processes=[proc], details=self.logs
+        )
+        return found.group(1)
 
     def received(self, name: str) -> int:
         """Step tasks this worker took from the broker, by its own log."""
@@ -213,13 +210,7 @@ def celery_record(env: dict[str, str], run_id: str) -> tuple[dict[str, str], dic
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str, context: Callable[[], str]):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{context()}")
+    return wait_until(predicate, what, timeout, interval=0.5, details=context)
 
 
 def upload_photos(media: Path, count: int = 10) -> None:

@@ -13,7 +13,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager, suppress
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 import requests
 
 from tests.support.services import free_port
+from tests.support.waiting import wait_until
 
 N8N_VERSION = "2.41.1"
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,11 +103,7 @@ class N8n:
                 ["n8n", "start"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         try:
-            deadline = time.monotonic() + 300
-            while not self._ready():
-                assert proc.poll() is None, f"n8n start exited {proc.returncode}:\n{self.log_tail()}"
-                assert time.monotonic() < deadline, f"n8n did not get ready:\n{self.log_tail()}"
-                time.sleep(1)
+            wait_until(self._ready, "n8n to get ready", 300, interval=1, processes=[proc], details=self.log_tail)
             yield self
         finally:
             for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
@@ -131,10 +127,13 @@ class N8n:
     def wait_for_webhook(self, path: str) -> None:
         """n8n registers a published workflow's webhooks during startup. Until then a GET answers 404 "The requested
         webhook ... is not registered"; once the POST webhook is registered, 404 "not registered for GET requests"."""
-        deadline = time.monotonic() + 120
-        while "not registered for GET" not in requests.get(f"{self.url}/webhook/{path}", timeout=10).text:
-            assert time.monotonic() < deadline, f"webhook {path} never registered:\n{self.log_tail()}"
-            time.sleep(1)
+        wait_until(
+            lambda: "not registered for GET" in requests.get(f"{self.url}/webhook/{path}", timeout=10).text,
+            f"webhook {path} to be registered",
+            120,
+            interval=1,
+            details=self.log_tail,
+        )
 
     # --- n8n's own record of what ran ------------------------------------------------------------------------
 
@@ -160,13 +159,14 @@ class N8n:
         """The first execution after the `known` ones, once it has finished (a webhook can answer before), or with
         `parked`, also once a Wait node has parked it (`waiting`; n8n records that a moment after it answers)."""
         unsettled = {"new", "running"} | (set() if parked else {"waiting"})
-        deadline = time.monotonic() + 600
-        while True:
+
+        def settled() -> dict[str, Any] | None:
             executions = self.executions(workflow_id)
-            if len(executions) > known and executions[known]["status"] not in unsettled:
-                return executions[known]
-            assert time.monotonic() < deadline, f"no finished execution of {workflow_id}:\n{self.log_tail()}"
-            time.sleep(0.5)
+            return (
+                executions[known] if len(executions) > known and executions[known]["status"] not in unsettled else None
+            )
+
+        return wait_until(settled, f"a finished execution of {workflow_id}", 600, interval=0.5, details=self.log_tail)
 
 
 def unflatten(text: str) -> Any:

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +21,7 @@ import pytest
 import requests
 
 from tests.support.services import free_port
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "n8n-test-token-5f1c9a7e2b"  # DAGSTER_GRAPHQL_TOKEN: the webserver wants at least 16 characters
@@ -108,11 +108,14 @@ def dagster_dev(tmp_path: Path) -> Iterator[str]:
     ]
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while not server_up(url):
-            tails = "\n".join((tmp_path / f"{name}.log").read_text()[-2000:] for name in commands)
-            assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, tails
-            time.sleep(1)
+        wait_until(
+            lambda: server_up(url),
+            "the webserver and daemon",
+            120,
+            interval=1,
+            processes=procs,
+            details=lambda: "\n".join((tmp_path / f"{name}.log").read_text()[-2000:] for name in commands),
+        )
         yield url
     finally:
         for proc in procs:
@@ -147,16 +150,17 @@ def stop_automation(url: str) -> None:
         },
         timeout=30,
     ).json()["data"]["sensorOrError"]
-    deadline = time.monotonic() + 120
-    while True:
-        stopped = requests.post(
+
+    def stopped() -> bool:
+        reply = requests.post(
             f"{url}/graphql",
             json={"query": STOP_SENSOR, "variables": sensor},
             headers={"Authorization": f"Bearer {TOKEN}"},
             timeout=30,
         ).json()
-        if stopped["data"]["stopSensor"]["__typename"] == "StopSensorMutationResult":
-            return
-        assert stopped["data"]["stopSensor"]["__typename"] == "PythonError", stopped
-        assert time.monotonic() < deadline, stopped
-        time.sleep(2)
+        if reply["data"]["stopSensor"]["__typename"] == "StopSensorMutationResult":
+            return True
+        assert reply["data"]["stopSensor"]["__typename"] == "PythonError", reply
+        return False
+
+    wait_until(stopped, "the follow_upstream sensor to stop", 120, interval=2)

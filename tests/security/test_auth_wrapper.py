@@ -30,11 +30,12 @@ from influencer_pipeline.admin.webserver_auth import (
     allowed_origins,
 )
 from tests.support.services import free_port
+from tests.support.waiting import scaled, wait_until
 from tests.support.webserver import LAUNCH, PARAMS, Server
 from tests.support.webserver import server as server
 
 TOKEN = "t" * 32
-DEADLINE_S = 60.0  # generous: a busy machine may be slow, but a stalled event loop never answers
+DEADLINE_S = scaled(60.0)  # generous: a busy machine may be slow, but a stalled event loop never answers
 
 
 # ---- an in-process wrapper, to observe the order of events --------------------------------------------------------
@@ -66,10 +67,8 @@ def serve(app: object) -> Iterator[Running]:
     running = uvicorn.Server(config)
     thread = threading.Thread(target=running.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + DEADLINE_S
-    while not running.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
+    wait_until(lambda: running.started or not thread.is_alive(), "uvicorn to start", DEADLINE_S, interval=0.05)
+    assert running.started, "uvicorn's thread ended before it started serving"
     try:
         yield Running(f"http://127.0.0.1:{port}", running)
     finally:

@@ -15,7 +15,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -35,6 +34,7 @@ from influencer_pipeline.publishing.review import PlanEntry
 from influencer_pipeline.studio.overview import Failure, build_overview
 from influencer_pipeline.studio.page import render
 from tests.support.services import free_port
+from tests.support.waiting import wait_until
 from tests.support.webserver import LAUNCH, stop, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -243,15 +243,16 @@ def launch_and_wait(studio: Studio, params: dict) -> dict:
     assert launched["__typename"] == "LaunchRunSuccess", response.text
     run_id = launched["run"]["runId"]
     query = "query R($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"
-    status = "unknown"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
+
+    def finished() -> str | None:
         reply = requests.post(f"{studio.url}/graphql", json={"query": query, "variables": {"id": run_id}}, timeout=60)
         status = reply.json()["data"]["runOrError"]["status"]
-        if status in ("SUCCESS", "FAILURE", "CANCELED"):
-            return {"id": run_id, "status": status}
-        time.sleep(1)
-    raise AssertionError(f"run {run_id} is {status} after 300 s:\n{studio.log.read_text()[-3000:]}")
+        return status if status in ("SUCCESS", "FAILURE", "CANCELED") else None
+
+    status = wait_until(
+        finished, f"run {run_id} to finish", 300, interval=1, details=lambda: studio.log.read_text()[-3000:]
+    )
+    return {"id": run_id, "status": status}
 
 
 def test_review_posts_launched_over_graphql_records_the_decision_and_the_studio_shows_it(studio: Studio) -> None:

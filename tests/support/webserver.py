@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 import requests
 
 from tests.support.services import free_port
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCH = """
@@ -73,16 +73,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+    def up() -> bool:
         try:
-            if requests.get(f"{url}/server_info", timeout=2).ok:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"server not up after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+            return requests.get(f"{url}/server_info", timeout=2).ok
+        except requests.RequestException:  # not listening yet, or too busy starting up to answer in time
+            return False
+
+    wait_until(
+        up, f"the server at {url}", timeout, interval=0.5, processes=[proc], details=lambda: log.read_text()[-3000:]
+    )
 
 
 def stop(proc: subprocess.Popen) -> None:
