@@ -17,6 +17,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from influencer_pipeline.errors import InputError
+from influencer_pipeline.training import kohya
 from influencer_pipeline.training.base import TrainingCancelled, TrainingProgress, TrainingRequest
 from influencer_pipeline.training.kohya import KohyaLog, KohyaTrainer, KohyaTrainingError, dump_toml
 from influencer_pipeline.training.presets import load_preset
@@ -61,13 +62,14 @@ def trainer_for(sd_scripts: Path, env: dict[str, str] | None = None, **options: 
 
 
 class Recorder:
-    """A progress callback that keeps every call with the time it came."""
+    """A progress callback that keeps every call with the time it came, by the trainer's clock when one is given."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self.calls: list[tuple[float, TrainingProgress]] = []
 
     def __call__(self, progress: TrainingProgress) -> None:
-        self.calls.append((time.monotonic(), progress))
+        self.calls.append((self.clock(), progress))
 
     @property
     def updates(self) -> list[TrainingProgress]:
@@ -184,14 +186,18 @@ def test_progress_is_reported_per_epoch_when_the_interval_is_long(dataset: Path,
     assert final.loss is not None
 
 
-def test_progress_is_rate_limited(dataset: Path, sd_scripts: Path) -> None:
-    progress = Recorder()
-    trainer = trainer_for(sd_scripts, {"FAKE_KOHYA_STEP_DELAY": "0.01"}, log_interval_s=0.1)
+def test_progress_is_rate_limited(dataset: Path, sd_scripts: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a clock that moves 0.01 s per reading, a 0.05 s interval allows a report every few polls: unlimited, two
+    reports would be 0.03 s apart (the interval check, this recorder, the trainer noting the report)."""
+    clock = TickClock(0.01)
+    monkeypatch.setattr(kohya, "time", clock)
+    progress = Recorder(clock.monotonic)
+    trainer = trainer_for(sd_scripts, {"FAKE_KOHYA_STEP_DELAY": "0.01"}, log_interval_s=0.05)
     trainer.train(request_for(dataset, overrides={"repeats": 10}), progress)  # 25 steps per epoch
     plain = progress.plain()
     assert len(plain) > 3  # reports between epoch changes, not only at them
     for (t0, p0), (t1, p1) in itertools.pairwise(plain):
-        assert p1.epoch != p0.epoch or t1 - t0 >= 0.09, (p0, p1)
+        assert p1.epoch != p0.epoch or t1 - t0 >= 0.05, (p0, p1)
     steps = [p.step for _, p in progress.calls]
     assert steps == sorted(steps)
 
@@ -257,6 +263,45 @@ def test_out_of_memory_gets_a_hint(dataset: Path, sd_scripts: Path) -> None:
     assert "lower batch_size or resolution" in err.value.hint
 
 
+class TickClock:
+    """The trainer's clock in a test (it replaces `time` in the kohya module): each reading is `tick` seconds after
+    the last, so what the trainer does "after an interval" depends on what it did, never on how busy the machine
+    is. `sleep` stays real: the fake sd-scripts still runs in real time."""
+
+    def __init__(self, tick: float) -> None:
+        self.tick, self.now = tick, 0.0
+
+    def monotonic(self) -> float:
+        self.now += self.tick
+        return self.now
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        time.sleep(seconds)
+
+
+class HangClock:
+    """The trainer's clock in the time-limit test: frozen until the hung fake has written its pids, then `jump`
+    seconds on and running in real time (so kill grace periods still mean something). The limit can therefore
+    strike only once the hang is up, however slow the machine, and the test needs no bound on the wall clock."""
+
+    def __init__(self, pid_file: Path, jump: float) -> None:
+        self.pid_file, self.jump = pid_file, jump
+        self.hung_at: float | None = None
+
+    def monotonic(self) -> float:
+        real = time.monotonic()
+        if self.hung_at is None:
+            if not self.pid_file.exists():
+                return 0.0
+            self.hung_at = real
+        return self.jump + real - self.hung_at
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        time.sleep(seconds)
+
+
 def gone(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -276,12 +321,10 @@ def test_stop_request_kills_the_whole_process_tree(
     pid_file = tmp_path / "pids.json"
     should_stop: Callable[[], bool] = pid_file.exists  # stop once the hung trainer and its child are up
     trainer = trainer_for(sd_scripts, hang_env(tmp_path, ignore_sigterm), kill_grace_s=0.3)
-    started = time.monotonic()
     with pytest.raises(TrainingCancelled, match="the run was terminated"):
         trainer.train(request_for(dataset), Recorder(), should_stop)
     pids = json.loads(pid_file.read_text())
     assert len(pids) == 2 and all(gone(pid) for pid in pids)
-    assert time.monotonic() - started < 10
 
 
 def test_an_exception_in_the_caller_still_kills_the_tree(dataset: Path, sd_scripts: Path, tmp_path: Path) -> None:
@@ -298,14 +341,17 @@ def test_an_exception_in_the_caller_still_kills_the_tree(dataset: Path, sd_scrip
     assert all(gone(pid) for pid in json.loads(pid_file.read_text()))
 
 
-def test_time_limit_stops_a_hung_run(dataset: Path, sd_scripts: Path, tmp_path: Path) -> None:
+def test_time_limit_stops_a_hung_run(
+    dataset: Path, sd_scripts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trainer's clock stands still until the fake hangs: a limit that struck early would find no pid file."""
+    pid_file = tmp_path / "pids.json"
+    monkeypatch.setattr(kohya, "time", HangClock(pid_file, jump=1.5))
     request = request_for(dataset, time_limit_s=1.0)
-    started = time.monotonic()
     with pytest.raises(TrainingCancelled, match=r"time limit of 1 s"):
         trainer_for(sd_scripts, hang_env(tmp_path), kill_grace_s=0.3).train(request, Recorder())
-    assert 1.0 <= time.monotonic() - started < 10
-    pid_file = tmp_path / "pids.json"  # absent when the limit struck before the fake reached its hang
-    assert all(gone(pid) for pid in (json.loads(pid_file.read_text()) if pid_file.exists() else []))
+    pids = json.loads(pid_file.read_text())
+    assert len(pids) == 2 and all(gone(pid) for pid in pids)
 
 
 def test_sdxl_runs_sdxl_train_network(dataset: Path, sd_scripts: Path) -> None:
