@@ -11,7 +11,6 @@ import json
 import random
 import re
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,10 +23,13 @@ from PIL import Image
 
 from influencer_pipeline.errors import InputError
 from influencer_pipeline.generation.base import ClipRequest, GenerationRequest, LoraRef
-from influencer_pipeline.generation.comfyui import ComfyUIEngine, ComfyUIError, combo_options, describe_rejection
+from influencer_pipeline.generation.comfyui import ComfyUIEngine, ComfyUIError
+from influencer_pipeline.generation.comfyui.client import combo_options
+from influencer_pipeline.generation.comfyui.errors import describe_rejection
 from influencer_pipeline.generation.workflows import TEMPLATES_DIR, build_txt2img, load_template
 from tests.generation.comfy_standin import ComfyStandin, Run
 from tests.generation.loras import write_checkpoint, write_lora
+from tests.support.waiting import wait_until
 
 SD15 = "v1-5-pruned-emaonly.safetensors"
 FOREIGN = "someone-else"
@@ -74,10 +76,7 @@ def sd15_graph(steps: int) -> dict[str, Any]:
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
+    wait_until(condition, "the stand-in to reach the awaited state", timeout, interval=0.01)
 
 
 def colour_of(png: bytes) -> tuple[int, int, int]:
