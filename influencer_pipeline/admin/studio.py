@@ -58,11 +58,12 @@ def last_failures(instance: dg.DagsterInstance, personas: list[str]) -> dict[str
 def studio_routes(app: ASGIApp, instance: dg.DagsterInstance, path_prefix: str = "") -> StudioRoutes:
     """The studio in front of `app`, reading the deployment's stores as the code location does (env vars)."""
     from influencer_pipeline.accounts.store import AccountStore
-    from influencer_pipeline.dagster_layer.resources import media_store_from_env
+    from influencer_pipeline.dagster_layer.resources import media_store_for
+    from influencer_pipeline.dagster_layer.settings import Settings
     from influencer_pipeline.publishing.decisions import ledger_from_env
     from influencer_pipeline.publishing.due import day_statuses
 
-    store = media_store_from_env().get_store
+    store = media_store_for(Settings.from_env().media).get_store
 
     def overview() -> Overview:
         ledger = ledger_from_env()

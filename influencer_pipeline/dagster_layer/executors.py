@@ -12,18 +12,22 @@ Why one switch: the asset code and op tags are the same on every deployment; onl
 change (docs/DEPLOYMENT.md).
 """
 
-import os
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from influencer_pipeline.errors import InputError
 
+if TYPE_CHECKING:
+    from influencer_pipeline.dagster_layer.settings import ExecutorSettings
+
 EXECUTOR_ENV = "DAGSTER_EXECUTOR"
 EXECUTORS = ("multiprocess", "celery", "k8s")
 
 
-def executor_from_env() -> dg.ExecutorDefinition:
-    name = os.environ.get(EXECUTOR_ENV, "multiprocess").strip().lower() or "multiprocess"
+def executor_for(settings: "ExecutorSettings") -> dg.ExecutorDefinition:
+    """The executor `DAGSTER_EXECUTOR` names, as read and checked by `dagster_layer/settings.py`."""
+    name = settings.name
     if name == "multiprocess":
         return forkserver_multiprocess_executor()
     if name == "celery":
@@ -36,25 +40,43 @@ def executor_from_env() -> dg.ExecutorDefinition:
 
 
 def forkserver_multiprocess_executor() -> dg.ExecutorDefinition:
-    """Dagster's default executor, with step processes forked from a server that has already imported the code.
+    """Dagster's default executor, with each step process forked from the run worker that has already loaded the code.
 
     Under `spawn` (Dagster's default) every step process starts a fresh interpreter and imports dagster and the code
-    location again, seconds per step on a small machine. A forkserver preloads the job's module once per run; each
-    step still runs in a process of its own, so a GPU step's memory is freed when it exits. Heavy libraries (torch,
-    diffusers, transformers, nudenet) are imported inside the steps that use them, so the preloaded parent holds no
-    model or CUDA context to share. Run config keeps every option of the default executor: `in_process`, or a
-    `multiprocess.start_method` of its own (`spawn` for the old behaviour).
-    See https://docs.python.org/3/library/multiprocessing.html#contexts-and-start-methods.
+    location again; under `forkserver` the run starts a fresh server that does it once per run (Python's forkserver
+    is always a new interpreter, https://docs.python.org/3/library/multiprocessing.html#contexts-and-start-methods).
+    Either costs seconds of a small machine, more than a short step. The run worker has loaded the job already, so
+    on Linux each step process is a `fork` of it: nothing is imported again, and what a step still pays is its own
+    instance (storage connections), execution plan and resources. Each step still runs in a process of its own, so
+    a GPU step's memory is freed when it exits.
+
+    Why fork is safe here: the run worker is single-threaded when it starts steps (tests/defs/test_executors.py
+    checks), and heavy libraries (torch, diffusers, transformers, nudenet) are imported inside the steps that use
+    them, so the parent holds no model or CUDA context to share. Dagster's config offers only `spawn` and
+    `forkserver`, so the default (no `start_method` in run config) builds Dagster's multiprocess executor with
+    `fork`; run config keeps every option of the default executor: `in_process`, or a `multiprocess.start_method`
+    of its own (`forkserver` or `spawn`). Elsewhere than Linux the default is `forkserver` (fork is unsafe on macOS).
     """
+    import sys
+
+    from dagster._core.definitions.executor_definition import _core_multiprocess_executor_creation
+
     default = dg.multi_or_in_process_executor
+    method = "fork" if sys.platform == "linux" else "forkserver"
 
-    def with_forkserver(config: dict) -> dict:
-        multiprocess = config.get("multiprocess")
+    def create(init_context: dg.InitExecutorContext) -> dg.Executor:
+        multiprocess = init_context.executor_config.get("multiprocess")
         if multiprocess is None or multiprocess.get("start_method"):
-            return config
-        return {**config, "multiprocess": {**multiprocess, "start_method": {"forkserver": {}}}}
+            return default.executor_creation_fn(init_context)
+        return _core_multiprocess_executor_creation({**multiprocess, "start_method": {method: {}}})
 
-    return default.configured(with_forkserver, name=default.name, config_schema=default.config_schema)
+    return dg.ExecutorDefinition(
+        name=default.name,
+        config_schema=default.config_schema,
+        requirements=default.get_requirements,
+        executor_creation_fn=create,
+        description=default.description,
+    )
 
 
 def celery_executor_from_env() -> dg.ExecutorDefinition:

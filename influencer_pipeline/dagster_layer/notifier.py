@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import dagster as dg
 
+from influencer_pipeline.dagster_layer.settings import NotifierSettings
 from influencer_pipeline.notify import NotificationError, RunEvent, Webhook, notify
 
 
@@ -42,16 +41,12 @@ class NotifierResource(dg.ConfigurableResource):
         return notify(webhooks, event, self.webhook_secret or None)
 
 
-def notifier_resource_from_env() -> NotifierResource:
-    """The `notifier` resource from the NOTIFY_* variables and DAGSTER_UI_URL (unset ones: no such webhook)."""
+def notifier_for(settings: NotifierSettings) -> NotifierResource:
+    """The `notifier` resource from the NOTIFY_* variables and DAGSTER_UI_URL, each an EnvVar (unset: no such
+    webhook); a URL may carry user:password@ (a proxy's basic auth), so none is passed as a plain string."""
     return NotifierResource(
-        webhook_urls=_env_var("NOTIFY_WEBHOOK_URLS"),
-        slack_webhook_url=_env_var("NOTIFY_SLACK_WEBHOOK_URL"),
-        webhook_secret=_env_var("NOTIFY_WEBHOOK_SECRET"),
-        ui_url=_env_var("DAGSTER_UI_URL"),  # a URL may carry user:password@ (a proxy's basic auth)
+        webhook_urls=settings.webhook_urls.env_var_or_empty(),
+        slack_webhook_url=settings.slack_webhook_url.env_var_or_empty(),
+        webhook_secret=settings.webhook_secret.env_var_or_empty(),
+        ui_url=settings.ui_url.env_var_or_empty(),
     )
-
-
-def _env_var(name: str) -> dg.EnvVar | str:
-    """An EnvVar only when set: an EnvVar pointing at an unset variable fails at run time."""
-    return dg.EnvVar(name) if os.environ.get(name) else ""

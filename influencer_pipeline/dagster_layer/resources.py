@@ -1,14 +1,15 @@
-"""Resources: which engine each role uses, chosen from environment variables at load time.
+"""Resources: one base class per role, which assets depend on, and one subclass per engine.
 
-Unset variables mean the embedded defaults (local media folder, no caption model); see README for the list.
-Every setting that can carry a credential (API keys, and every URL: `user:password@host` and `?token=` put one
-in a URL) is passed as `dg.EnvVar` (`SECRET_ENV_VARS`): the definitions then hold only the variable's name, so
-neither the webserver's resource view nor GraphQL can show the value, and the run reads it at start.
+`resources_for(settings)` picks each role's engine from the `Settings` read when the definitions are built
+(`dagster_layer/settings.py`, the only module that reads the environment); unset variables mean the embedded
+defaults. Every setting that can carry a credential (API keys, and every URL: `user:password@host` and `?token=`
+put one in a URL) is passed as `dg.EnvVar` (`SECRET_ENV_VARS`): the definitions then hold only the variable's
+name, so neither the webserver's resource view nor GraphQL can show the value, and the run reads it at start
+(https://docs.dagster.io/guides/operate/configuration/using-environment-variables-and-secrets).
 """
 
 from __future__ import annotations
 
-import os
 import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ from dagster_aws.s3 import S3Resource
 from influencer_pipeline.captions import BlipCaptioner, Captioner
 from influencer_pipeline.content.writers import TemplateWriter, Writer
 from influencer_pipeline.dagster_layer.publishing import PublishingResource
+from influencer_pipeline.dagster_layer.settings import SECRET_ENV_VARS, MediaSettings, Settings
 from influencer_pipeline.errors import InputError
 from influencer_pipeline.generation.base import ImageEngine
 from influencer_pipeline.generation.comfyui import ComfyUIEngine
@@ -30,6 +32,8 @@ from influencer_pipeline.voice.timing import Voice
 
 if TYPE_CHECKING:
     from influencer_pipeline.voice import WhisperAligner
+
+__all__ = ["SECRET_ENV_VARS"]  # re-exported: the security tests check every one reaches a resource as an EnvVar
 
 
 class MediaStoreResource(dg.ConfigurableResource):
@@ -70,107 +74,203 @@ class S3MediaStoreResource(MediaStoreResource):
 
 
 class CaptionerResource(dg.ConfigurableResource):
-    """The dataset captioner. An empty `model` means none: uploaded sidecars or a marked fallback caption."""
+    """Base of the dataset captioners; `get_captioner()` is None when no model captions (sidecars or fallback)."""
 
-    model: str = ""
+    def get_captioner(self) -> Captioner | None:
+        raise NotImplementedError
+
+    @property
+    def engine(self) -> str:
+        raise NotImplementedError
+
+
+class SidecarCaptionerResource(CaptionerResource):
+    """No caption model: the uploaded `.txt` sidecars, else a marked fallback caption and a WARN check."""
+
+    def get_captioner(self) -> Captioner | None:
+        return None
+
+    @property
+    def engine(self) -> str:
+        return "sidecars"
+
+
+class BlipCaptionerResource(CaptionerResource):
+    """A local BLIP / BLIP-2 folder or an already-cached Hugging Face id (`CAPTION_MODEL`)."""
+
+    model: str
     device: str = "auto"
     batch_size: int = 8
     max_new_tokens: int = 30
 
     def get_captioner(self) -> Captioner | None:
-        if not self.model:
-            return None
         return BlipCaptioner(
             self.model, device=self.device, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens
         )
 
+    @property
+    def engine(self) -> str:
+        return "blip"
+
 
 class TrainerResource(dg.ConfigurableResource):
-    """LoRA trainer: kohya sd-scripts when `kohya_sd_scripts` is set, else the embedded diffusers + peft trainer."""
+    """Base of the LoRA trainers; assets call `get_trainer()` and read `engine` and `default_preset`."""
 
-    kohya_sd_scripts: str = ""
-    accelerate: str = "accelerate"
-    kohya_tokenizer_cache_dir: str = ""  # sd-scripts' --tokenizer_cache_dir: the CLIP tokenizers, read offline
     device: str = "auto"
     work_dir: str = "work"  # local scratch: dataset copies, trainer output (kept for resume), tiny-model cache
 
     @property
     def engine(self) -> str:
-        return "kohya" if self.kohya_sd_scripts else "embedded"
+        raise NotImplementedError
 
     @property
     def default_preset(self) -> str:
-        return "sd15-standard" if self.kohya_sd_scripts else "embedded-tiny"
+        raise NotImplementedError
 
     def get_trainer(self) -> Trainer:
-        if self.kohya_sd_scripts:
-            from influencer_pipeline.training.kohya import KohyaTrainer
+        raise NotImplementedError
 
-            return KohyaTrainer(
-                Path(self.kohya_sd_scripts),
-                accelerate=shlex.split(self.accelerate),
-                tokenizer_cache_dir=Path(self.kohya_tokenizer_cache_dir) if self.kohya_tokenizer_cache_dir else None,
-                device=self.device,
-            )
+
+class EmbeddedTrainerResource(TrainerResource):
+    """diffusers + peft in the step's own process, on a tiny model built from config unless a preset names one."""
+
+    @property
+    def engine(self) -> str:
+        return "embedded"
+
+    @property
+    def default_preset(self) -> str:
+        return "embedded-tiny"
+
+    def get_trainer(self) -> Trainer:
         from influencer_pipeline.training.embedded import EmbeddedTrainer
 
         return EmbeddedTrainer(cache_dir=Path(self.work_dir) / "models", device=self.device)
 
 
-class ImageEngineResource(dg.ConfigurableResource):
-    """Image engine: ComfyUI when `comfyui_url` is set, else the embedded diffusers pipeline."""
+class KohyaTrainerResource(TrainerResource):
+    """kohya sd-scripts launched with accelerate from the checkout at `sd_scripts` (`KOHYA_SD_SCRIPTS`)."""
 
-    comfyui_url: str = ""  # from dg.EnvVar("COMFYUI_URL"): may carry user:password@
-    comfyui_loras_dir: str = ""  # ComfyUI's models/loras, shared with this host (mount or sync)
-    comfyui_checkpoint: str = "v1-5-pruned-emaonly.safetensors"
-    comfyui_template: str = "sd15-lora-txt2img"
-    comfyui_timeout_s: float = 600.0
-    comfyui_video_checkpoint: str = "svd_xt.safetensors"  # image-to-video (post_videos img2vid_clips)
-    base_model: str = "tiny"  # embedded: "tiny" or a local diffusers SD1.5/SDXL folder
-    device: str = "auto"
-    work_dir: str = "work"
+    sd_scripts: str
+    accelerate: str = "accelerate"  # the launcher command, split like a shell would
+    tokenizer_cache_dir: str = ""  # sd-scripts' --tokenizer_cache_dir: the CLIP tokenizers, read offline
+
+    @property
+    def engine(self) -> str:
+        return "kohya"
+
+    @property
+    def default_preset(self) -> str:
+        return "sd15-standard"
+
+    def get_trainer(self) -> Trainer:
+        from influencer_pipeline.training.kohya import KohyaTrainer
+
+        return KohyaTrainer(
+            Path(self.sd_scripts),
+            accelerate=shlex.split(self.accelerate),
+            tokenizer_cache_dir=Path(self.tokenizer_cache_dir) if self.tokenizer_cache_dir else None,
+            device=self.device,
+        )
+
+
+class ImageEngineResource(dg.ConfigurableResource):
+    """Base of the image engines; assets call `get_engine()`, `get_animator()`, `get_embedder()`."""
+
+    work_dir: str = "work"  # LoRA copies on their way to the engine, reel scratch, model caches
     consistency_clip_model: str = ""  # a local CLIP folder for the consistency score; empty: colour/layout
 
     @property
     def engine(self) -> str:
-        return "comfyui" if self.comfyui_url else "embedded"
+        raise NotImplementedError
 
     def get_engine(self) -> ImageEngine:
-        if self.comfyui_url:
-            loras = Path(self.comfyui_loras_dir) if self.comfyui_loras_dir else None
-            return ComfyUIEngine(
-                self.comfyui_url,
-                loras,
-                self.comfyui_checkpoint,
-                template=self.comfyui_template,
-                timeout_s=self.comfyui_timeout_s,
-                video_checkpoint=self.comfyui_video_checkpoint,
-            )
-        from influencer_pipeline.generation.embedded import EmbeddedImageEngine
-
-        return EmbeddedImageEngine(self.base_model, cache_dir=Path(self.work_dir) / "models", device=self.device)
+        raise NotImplementedError
 
     def get_animator(self, where: str) -> ComfyUIEngine:
         """The engine that turns stills into clips: only ComfyUI does (SVD); the embedded engine makes stills."""
-        engine = self.get_engine()
-        if not isinstance(engine, ComfyUIEngine):
-            raise InputError(
-                where,
-                "image-to-video clips need the ComfyUI engine; the embedded engine only makes stills",
-                "set COMFYUI_URL (with an SVD checkpoint such as svd_xt.safetensors in ComfyUI's models/checkpoints, "
-                "named by COMFYUI_VIDEO_CHECKPOINT), or set img2vid_clips to 0 for Ken Burns motion",
-            )
-        return engine
+        raise InputError(
+            where,
+            "image-to-video clips need the ComfyUI engine; the embedded engine only makes stills",
+            "set COMFYUI_URL (with an SVD checkpoint such as svd_xt.safetensors in ComfyUI's models/checkpoints, "
+            "named by COMFYUI_VIDEO_CHECKPOINT), or set img2vid_clips to 0 for Ken Burns motion",
+        )
 
     def get_embedder(self) -> Embedder:
         return ClipEmbedder(self.consistency_clip_model) if self.consistency_clip_model else ColorLayoutEmbedder()
 
 
+class EmbeddedImageEngineResource(ImageEngineResource):
+    """The diffusers pipeline in the step's process: `base_model` "tiny" or a local diffusers SD1.5/SDXL folder."""
+
+    base_model: str = "tiny"
+    device: str = "auto"
+
+    @property
+    def engine(self) -> str:
+        return "embedded"
+
+    def get_engine(self) -> ImageEngine:
+        from influencer_pipeline.generation.embedded import EmbeddedImageEngine
+
+        return EmbeddedImageEngine(self.base_model, cache_dir=Path(self.work_dir) / "models", device=self.device)
+
+
+class ComfyUIImageEngineResource(ImageEngineResource):
+    """A ComfyUI server at `url` (from dg.EnvVar("COMFYUI_URL"): it may carry user:password@)."""
+
+    url: str
+    loras_dir: str = ""  # ComfyUI's models/loras, shared with this host (mount or sync)
+    checkpoint: str = "v1-5-pruned-emaonly.safetensors"
+    template: str = "sd15-lora-txt2img"
+    timeout_s: float = 600.0
+    video_checkpoint: str = "svd_xt.safetensors"  # image-to-video (post_videos img2vid_clips)
+
+    @property
+    def engine(self) -> str:
+        return "comfyui"
+
+    def get_engine(self) -> ComfyUIEngine:
+        return ComfyUIEngine(
+            self.url,
+            Path(self.loras_dir) if self.loras_dir else None,
+            self.checkpoint,
+            template=self.template,
+            timeout_s=self.timeout_s,
+            video_checkpoint=self.video_checkpoint,
+        )
+
+    def get_animator(self, where: str) -> ComfyUIEngine:
+        return self.get_engine()
+
+
 class WriterResource(dg.ConfigurableResource):
-    """Plan writer: an OpenAI-compatible chat API (OpenRouter by default) when a key or URL is set, else templates."""
+    """Base of the plan writers; assets call `get_writer()`."""
+
+    @property
+    def engine(self) -> str:
+        raise NotImplementedError
+
+    def get_writer(self) -> Writer:
+        raise NotImplementedError
+
+
+class TemplateWriterResource(WriterResource):
+    """Plans from `persona.yaml`'s themes and templates: offline and deterministic."""
+
+    @property
+    def engine(self) -> str:
+        return "template"
+
+    def get_writer(self) -> Writer:
+        return TemplateWriter()
+
+
+class OpenAIChatWriterResource(WriterResource):
+    """An OpenAI-compatible chat API: OpenRouter unless `base_url` names another."""
 
     api_key: str = ""  # from dg.EnvVar("OPENROUTER_API_KEY"): read at run time, never stored or logged
-    base_url: str = ""  # from dg.EnvVar("WRITER_BASE_URL")
+    base_url: str = ""  # from dg.EnvVar("WRITER_BASE_URL"); empty: OpenRouter
     model: str = "openai/gpt-4o-mini"
     timeout_s: float = 60.0
     max_retries: int = 4
@@ -178,11 +278,9 @@ class WriterResource(dg.ConfigurableResource):
 
     @property
     def engine(self) -> str:
-        return "openai-chat" if (self.api_key or self.base_url) else "template"
+        return "openai-chat"
 
     def get_writer(self) -> Writer:
-        if self.engine == "template":
-            return TemplateWriter()
         from influencer_pipeline.content.openai_chat import OPENROUTER_URL, OpenAIChatWriter
 
         return OpenAIChatWriter(
@@ -196,37 +294,22 @@ class WriterResource(dg.ConfigurableResource):
 
 
 class VoiceResource(dg.ConfigurableResource):
-    """Voice-over: an OpenAI-compatible `/audio/speech` API when `base_url` is set, else espeak-ng (pip, offline).
+    """Base of the voice-over engines.
 
     Subtitle timing comes from the engine's word events (espeak), else whisper when `whisper_model` names a local
     checkpoint, else the script spread over the voiced parts of the track.
     """
 
-    base_url: str = ""  # from dg.EnvVar("TTS_BASE_URL")
-    api_key: str = ""  # from dg.EnvVar("TTS_API_KEY")
-    model: str = "tts-1"
-    voice: str = ""  # empty: the persona's `voice` for espeak-ng, "alloy" for the API
+    voice: str = ""  # empty: the persona's `voice`
     whisper_model: str = ""
-    device: str = "auto"
+    device: str = "auto"  # whisper's
 
     @property
     def engine(self) -> str:
-        return "openai-speech" if self.base_url else "espeak-ng"
+        raise NotImplementedError
 
     def get_voice(self, persona_voice: str) -> Voice:
-        if self.base_url:
-            from influencer_pipeline.voice import OpenAISpeechVoice
-
-            return OpenAISpeechVoice(
-                self.base_url,
-                self.api_key or None,
-                model=self.model,
-                voice=self.voice or persona_voice,
-                api_key_env="TTS_API_KEY",
-            )
-        from influencer_pipeline.voice import EspeakVoice
-
-        return EspeakVoice(voice=self.voice or persona_voice)
+        raise NotImplementedError
 
     def get_aligner(self) -> WhisperAligner | None:
         if not self.whisper_model:
@@ -234,6 +317,42 @@ class VoiceResource(dg.ConfigurableResource):
         from influencer_pipeline.voice import WhisperAligner
 
         return WhisperAligner(self.whisper_model, device=self.device)
+
+
+class EspeakVoiceResource(VoiceResource):
+    """espeak-ng (pip package, offline), whose word events time the subtitles."""
+
+    @property
+    def engine(self) -> str:
+        return "espeak-ng"
+
+    def get_voice(self, persona_voice: str) -> Voice:
+        from influencer_pipeline.voice import EspeakVoice
+
+        return EspeakVoice(voice=self.voice or persona_voice)
+
+
+class OpenAISpeechVoiceResource(VoiceResource):
+    """An OpenAI-compatible `/audio/speech` API at `base_url` (from dg.EnvVar("TTS_BASE_URL"))."""
+
+    base_url: str
+    api_key: str = ""  # from dg.EnvVar("TTS_API_KEY")
+    model: str = "tts-1"
+
+    @property
+    def engine(self) -> str:
+        return "openai-speech"
+
+    def get_voice(self, persona_voice: str) -> Voice:
+        from influencer_pipeline.voice import OpenAISpeechVoice
+
+        return OpenAISpeechVoice(
+            self.base_url,
+            self.api_key or None,
+            model=self.model,
+            voice=self.voice or persona_voice,
+            api_key_env="TTS_API_KEY",
+        )
 
 
 class UploadPolicy(dg.ConfigurableResource):
@@ -244,87 +363,98 @@ class UploadPolicy(dg.ConfigurableResource):
     full_scan_seconds: float = 300.0
 
 
-# Settings whose value may be (or contain) a credential: never passed to a resource as a plain string.
-SECRET_ENV_VARS = (
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "S3_ENDPOINT_URL",
-    "COMFYUI_URL",
-    "OPENROUTER_API_KEY",
-    "WRITER_BASE_URL",
-    "TTS_BASE_URL",
-    "TTS_API_KEY",
-    "POST_LEDGER_URL",
-)
-
-
-def _optional_env(name: str) -> dg.EnvVar | None:
-    """An EnvVar only when the variable is set: an EnvVar naming an unset variable fails every run at start."""
-    return dg.EnvVar(name) if os.environ.get(name) else None
-
-
-def _secret_env(name: str) -> dg.EnvVar | str:
-    """A credential-bearing string setting: its EnvVar when set, else "" (the setting's "not configured")."""
-    return _optional_env(name) or ""
-
-
-def media_store_from_env() -> MediaStoreResource:
-    """`MEDIA_S3_BUCKET` switches to S3/MinIO (`S3_ENDPOINT_URL` for MinIO); otherwise `MEDIA_ROOT` or ./media."""
-    bucket = os.environ.get("MEDIA_S3_BUCKET")
-    if not bucket:
-        return LocalMediaStoreResource(root=os.path.abspath(os.environ.get("MEDIA_ROOT", "media")))
+def media_store_for(media: MediaSettings) -> MediaStoreResource:
+    """S3/MinIO when `MEDIA_S3_BUCKET` is set (`S3_ENDPOINT_URL` for MinIO), else the `MEDIA_ROOT` folder."""
+    if not media.s3_bucket:
+        return LocalMediaStoreResource(root=media.root)
     s3 = S3Resource(
-        endpoint_url=_optional_env("S3_ENDPOINT_URL"),
-        region_name=os.environ.get("AWS_REGION", "us-east-1"),
-        aws_access_key_id=_optional_env("AWS_ACCESS_KEY_ID"),
-        aws_secret_access_key=_optional_env("AWS_SECRET_ACCESS_KEY"),
+        endpoint_url=media.s3_endpoint_url.env_var(),
+        region_name=media.aws_region,
+        aws_access_key_id=media.aws_access_key_id.env_var(),
+        aws_secret_access_key=media.aws_secret_access_key.env_var(),
     )
-    return S3MediaStoreResource(bucket=bucket, prefix=os.environ.get("MEDIA_S3_PREFIX", ""), s3=s3)
+    return S3MediaStoreResource(bucket=media.s3_bucket, prefix=media.s3_prefix, s3=s3)
 
 
-def resources_from_env() -> dict[str, dg.ConfigurableResource]:
-    env = os.environ.get
-    work_dir = os.path.abspath(env("WORK_DIR", "work"))
+def resources_for(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+    """Every resource but the notifier (`notifier_for`), each role's engine chosen by its settings."""
+    work_dir = settings.work_dir
+    captioning, training, image, writing, speech = (
+        settings.captioner,
+        settings.trainer,
+        settings.image,
+        settings.writer,
+        settings.voice,
+    )
+    captioner: CaptionerResource = (
+        BlipCaptionerResource(model=captioning.model, device=captioning.device)
+        if captioning.model
+        else SidecarCaptionerResource()
+    )
+    trainer: TrainerResource = (
+        KohyaTrainerResource(
+            sd_scripts=training.kohya_sd_scripts,
+            accelerate=training.kohya_accelerate,
+            tokenizer_cache_dir=training.kohya_tokenizer_cache_dir,
+            device=training.device,
+            work_dir=work_dir,
+        )
+        if training.kohya_sd_scripts
+        else EmbeddedTrainerResource(device=training.device, work_dir=work_dir)
+    )
+    image_engine: ImageEngineResource = (
+        ComfyUIImageEngineResource(
+            url=dg.EnvVar(image.comfyui_url.name),
+            loras_dir=image.comfyui_loras_dir,
+            checkpoint=image.comfyui_checkpoint,
+            template=image.comfyui_template,
+            video_checkpoint=image.comfyui_video_checkpoint,
+            work_dir=work_dir,
+            consistency_clip_model=image.consistency_clip_model,
+        )
+        if image.comfyui_url.is_set
+        else EmbeddedImageEngineResource(
+            base_model=image.embedded_base_model,
+            device=image.device,
+            work_dir=work_dir,
+            consistency_clip_model=image.consistency_clip_model,
+        )
+    )
+    writer: WriterResource = (
+        OpenAIChatWriterResource(
+            api_key=writing.api_key.env_var_or_empty(),
+            base_url=writing.base_url.env_var_or_empty(),
+            model=writing.model,
+        )
+        if writing.api_key.is_set or writing.base_url.is_set
+        else TemplateWriterResource()
+    )
+    voice: VoiceResource = (
+        OpenAISpeechVoiceResource(
+            base_url=dg.EnvVar(speech.base_url.name),
+            api_key=speech.api_key.env_var_or_empty(),
+            model=speech.model,
+            voice=speech.voice,
+            whisper_model=speech.whisper_model,
+        )
+        if speech.base_url.is_set
+        else EspeakVoiceResource(voice=speech.voice, whisper_model=speech.whisper_model)
+    )
+    publishing = settings.publishing
     return {
-        "media": media_store_from_env(),
-        "captioner": CaptionerResource(
-            model=os.environ.get("CAPTION_MODEL", ""), device=os.environ.get("CAPTION_DEVICE", "auto")
-        ),
-        "upload_policy": UploadPolicy(settle_seconds=float(os.environ.get("UPLOAD_SETTLE_SECONDS", "60"))),
-        "trainer": TrainerResource(
-            kohya_sd_scripts=env("KOHYA_SD_SCRIPTS", ""),
-            accelerate=env("KOHYA_ACCELERATE", "accelerate"),
-            kohya_tokenizer_cache_dir=env("KOHYA_TOKENIZER_CACHE_DIR", ""),
-            device=env("TRAINING_DEVICE", "auto"),
-            work_dir=work_dir,
-        ),
-        "image_engine": ImageEngineResource(
-            comfyui_url=_secret_env("COMFYUI_URL"),
-            comfyui_loras_dir=env("COMFYUI_LORAS_DIR", ""),
-            comfyui_checkpoint=env("COMFYUI_CHECKPOINT", "v1-5-pruned-emaonly.safetensors"),
-            comfyui_template=env("COMFYUI_TEMPLATE", "sd15-lora-txt2img"),
-            comfyui_video_checkpoint=env("COMFYUI_VIDEO_CHECKPOINT", "svd_xt.safetensors"),
-            base_model=env("EMBEDDED_BASE_MODEL", "tiny"),
-            device=env("IMAGE_DEVICE", "auto"),
-            work_dir=work_dir,
-            consistency_clip_model=env("CONSISTENCY_CLIP_MODEL", ""),
-        ),
-        "writer": WriterResource(
-            api_key=_secret_env("OPENROUTER_API_KEY"),
-            base_url=_secret_env("WRITER_BASE_URL"),
-            model=env("WRITER_MODEL", "openai/gpt-4o-mini"),
-        ),
-        "voice": VoiceResource(
-            base_url=_secret_env("TTS_BASE_URL"),
-            api_key=_secret_env("TTS_API_KEY"),
-            model=env("TTS_MODEL", "tts-1"),
-            voice=env("TTS_VOICE", ""),
-            whisper_model=env("WHISPER_MODEL", ""),
-        ),
+        "media": media_store_for(settings.media),
+        "captioner": captioner,
+        "upload_policy": UploadPolicy(settle_seconds=settings.upload.settle_seconds),
+        "trainer": trainer,
+        "image_engine": image_engine,
+        "writer": writer,
+        "voice": voice,
         "publishing": PublishingResource(
-            mode=env("PUBLISH_MODE", "outbox"),
-            outbox_dir=os.path.abspath(env("OUTBOX_DIR", "outbox")),
-            ledger_url=_secret_env("POST_LEDGER_URL"),
+            mode=publishing.mode,
+            outbox_dir=publishing.outbox_dir,
+            ledger_url=publishing.ledger_url.env_var_or_empty(),
+            accounts_url=publishing.accounts_db.env_var() or publishing.accounts_default_url,
+            token_keys=publishing.token_keys.env_var_or_empty(),
             work_dir=work_dir,
         ),
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from influencer_pipeline.dagster_layer.resources import LocalMediaStoreResource, TrainerResource
+from influencer_pipeline.dagster_layer.resources import EmbeddedTrainerResource, LocalMediaStoreResource
 from influencer_pipeline.defs.training.assets import lora_weights
 from influencer_pipeline.media import LocalMediaStore
 from tests.images import make_photo
@@ -42,7 +42,7 @@ def trained(tmp_path_factory) -> LocalMediaStore:
             [lora_weights],
             partition_key="ava",
             instance=instance,
-            resources={"media": media(store), "trainer": TrainerResource(work_dir=str(root / "work"))},
+            resources={"media": media(store), "trainer": EmbeddedTrainerResource(work_dir=str(root / "work"))},
             run_config=dg.RunConfig(ops={"lora_weights": {"config": fast}}),
         )
     assert result.success

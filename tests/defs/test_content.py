@@ -13,7 +13,13 @@ from PIL import Image, ImageStat
 
 from influencer_pipeline.content.plan import ContentPlan
 from influencer_pipeline.dagster_layer.partitions import calendar, calendar_days
-from influencer_pipeline.dagster_layer.resources import ImageEngineResource, VoiceResource, WriterResource
+from influencer_pipeline.dagster_layer.resources import (
+    ComfyUIImageEngineResource,
+    EmbeddedImageEngineResource,
+    EspeakVoiceResource,
+    OpenAIChatWriterResource,
+    TemplateWriterResource,
+)
 from influencer_pipeline.dagster_layer.settings import CalendarSettings
 from influencer_pipeline.definitions import defs
 from influencer_pipeline.defs.content.assets import content_plan, post_images, post_videos
@@ -36,8 +42,8 @@ def run(store, assets, writer=None, run_config=None, partition=None):
             instance=instance,
             resources={
                 "media": media(store),
-                "writer": writer or WriterResource(),
-                "image_engine": ImageEngineResource(work_dir=str(store.root.parent / "work")),
+                "writer": writer or TemplateWriterResource(),
+                "image_engine": EmbeddedImageEngineResource(work_dir=str(store.root.parent / "work")),
             },
             run_config=run_config,
             raise_on_error=False,
@@ -60,7 +66,7 @@ def test_openai_writer_usage_is_recorded(trained) -> None:
         result = run(
             trained,
             [content_plan],
-            WriterResource(base_url=llm.url, api_key="sk-test", model="m"),
+            OpenAIChatWriterResource(base_url=llm.url, api_key="sk-test", model="m"),
             run_config=dg.RunConfig(ops={"content_plan": {"config": {"regenerate": True}}}),
         )
         assert len(llm.received) == 1
@@ -72,7 +78,9 @@ def test_openai_writer_usage_is_recorded(trained) -> None:
 def test_failing_writer_api_ends_in_a_clear_error_after_retries(trained) -> None:
     with LLMStandin(api_key="sk-secret-123", models=("m",)) as llm:
         llm.then(*[Status(500)] * 10)
-        writer = WriterResource(base_url=llm.url, api_key="sk-secret-123", model="m", max_retries=2, backoff_s=0.01)
+        writer = OpenAIChatWriterResource(
+            base_url=llm.url, api_key="sk-secret-123", model="m", max_retries=2, backoff_s=0.01
+        )
         result = run(trained, [content_plan], writer, partition=key(day="2026-11-20"))
         attempts = len(llm.received)
     assert not result.success
@@ -116,7 +124,7 @@ def plan(store, instance, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
         [content_plan],
         partition_key=request.partition_key,
         instance=instance,
-        resources={"media": media(store), "writer": WriterResource()},
+        resources={"media": media(store), "writer": TemplateWriterResource()},
         run_config=request.run_config or None,
     )
 
@@ -196,7 +204,7 @@ def test_a_day_with_a_plan_keeps_it_unless_regenerate_is_asked(trained) -> None:
     assert run(trained, [content_plan], partition=key(day=day)).success
     before = trained.read_bytes(f"personas/ava/content/{day}/plan.json")
     with LLMStandin(api_key="sk-test", models=("m",)) as llm:
-        writer = WriterResource(base_url=llm.url, api_key="sk-test", model="m")
+        writer = OpenAIChatWriterResource(base_url=llm.url, api_key="sk-test", model="m")
         kept = run(trained, [content_plan], writer, partition=key(day=day))
         assert llm.received == [], "no writer call for a day that has its plan"
         regenerate = dg.RunConfig(ops={"content_plan": {"config": {"regenerate": True}}})
@@ -216,7 +224,7 @@ def test_a_day_with_a_plan_keeps_it_unless_regenerate_is_asked(trained) -> None:
             [content_plan],
             partition_key=key(day=day),
             instance=instance,
-            resources={"media": media(trained), "writer": WriterResource()},
+            resources={"media": media(trained), "writer": TemplateWriterResource()},
             run_config=regenerate,
             raise_on_error=False,
         )
@@ -270,9 +278,9 @@ def make_day_with_reels(trained, config: dict) -> dg.ExecuteInProcessResult:
             instance=instance,
             resources={
                 "media": media(trained),
-                "writer": WriterResource(),
-                "image_engine": ImageEngineResource(work_dir=str(trained.root.parent / "work")),
-                "voice": VoiceResource(),
+                "writer": TemplateWriterResource(),
+                "image_engine": EmbeddedImageEngineResource(work_dir=str(trained.root.parent / "work")),
+                "voice": EspeakVoiceResource(),
             },
             run_config=dg.RunConfig(ops=config),
             raise_on_error=False,
@@ -326,8 +334,8 @@ def test_post_videos_open_reels_with_a_comfyui_img2vid_clip(trained, tmp_path) -
             instance=instance,
             resources={
                 "media": media(trained),
-                "image_engine": ImageEngineResource(comfyui_url=comfy.url, work_dir=work),
-                "voice": VoiceResource(),
+                "image_engine": ComfyUIImageEngineResource(url=comfy.url, work_dir=work),
+                "voice": EspeakVoiceResource(),
             },
             run_config=dg.RunConfig(ops={"post_videos": {"config": {"scale": 0.2, **clips}}}),
             raise_on_error=False,
@@ -362,8 +370,8 @@ def test_img2vid_without_comfyui_fails_at_once_with_the_fix(trained) -> None:
             instance=instance,
             resources={
                 "media": media(trained),
-                "image_engine": ImageEngineResource(work_dir=str(trained.root.parent / "work")),
-                "voice": VoiceResource(),
+                "image_engine": EmbeddedImageEngineResource(work_dir=str(trained.root.parent / "work")),
+                "voice": EspeakVoiceResource(),
             },
             run_config=dg.RunConfig(ops=config),
             raise_on_error=False,

@@ -10,10 +10,12 @@ import dagster as dg
 import pytest
 
 from influencer_pipeline.dagster_layer.resources import (
+    BlipCaptionerResource,
     CaptionerResource,
     LocalMediaStoreResource,
     MediaStoreResource,
     S3MediaStoreResource,
+    SidecarCaptionerResource,
 )
 from influencer_pipeline.defs.datasets.assets import image_captions, training_images
 from influencer_pipeline.media import LocalMediaStore, MediaStore, S3MediaStore
@@ -37,7 +39,7 @@ def run(media: MediaStoreResource, captioner: CaptionerResource | None = None, p
             [training_images, image_captions],
             partition_key=persona,
             instance=instance,
-            resources={"media": media, "captioner": captioner or CaptionerResource()},
+            resources={"media": media, "captioner": captioner or SidecarCaptionerResource()},
             raise_on_error=False,
             **kw,
         )
@@ -91,7 +93,7 @@ def test_sample_persona_end_to_end_on_local_store(tmp_path) -> None:
 def test_tiny_blip_captions_what_sidecars_do_not_cover(tmp_path, tiny_blip_dir) -> None:
     store = LocalMediaStore(tmp_path / "media")
     upload_sample(store)
-    result = run(LocalMediaStoreResource(root=str(store.root)), CaptionerResource(model=str(tiny_blip_dir)))
+    result = run(LocalMediaStoreResource(root=str(store.root)), BlipCaptionerResource(model=str(tiny_blip_dir)))
     assert result.success
     captions = metadata(result, "image_captions")
     assert (captions["from_sidecars"], captions["from_model"], captions["fallback"]) == (12, 4, 0)
@@ -102,7 +104,7 @@ def test_tiny_blip_captions_what_sidecars_do_not_cover(tmp_path, tiny_blip_dir) 
 def test_missing_caption_model_fails_with_the_fix(tmp_path) -> None:
     store = LocalMediaStore(tmp_path / "media")
     upload_sample(store)
-    result = run(LocalMediaStoreResource(root=str(store.root)), CaptionerResource(model=str(tmp_path / "no-model")))
+    result = run(LocalMediaStoreResource(root=str(store.root)), BlipCaptionerResource(model=str(tmp_path / "no-model")))
     assert not result.success
     message = failure_text(result)
     assert "no-model" in message and "CAPTION_MODEL" in message
@@ -115,7 +117,7 @@ def test_too_few_images_fail_the_dataset_and_nothing_downstream_runs(tmp_path) -
     for i, path in enumerate(sorted(SAMPLE.glob("ava_0*.jpg"))[:5]):
         store.write_bytes(f"uploads/ava/{i}.jpg", path.read_bytes())
     assets = [training_images, image_captions]
-    resources = {"media": LocalMediaStoreResource(root=str(store.root)), "captioner": CaptionerResource()}
+    resources = {"media": LocalMediaStoreResource(root=str(store.root)), "captioner": SidecarCaptionerResource()}
     graph = dg.Definitions(assets=assets, resources=resources)
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("personas", ["ava"])

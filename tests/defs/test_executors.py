@@ -6,7 +6,8 @@ import os
 
 import dagster as dg
 
-from influencer_pipeline.dagster_layer.executors import executor_from_env, forkserver_multiprocess_executor
+from influencer_pipeline.dagster_layer.executors import executor_for, forkserver_multiprocess_executor
+from influencer_pipeline.dagster_layer.settings import Settings
 
 
 @dg.op
@@ -39,6 +40,5 @@ def test_run_config_can_still_run_every_step_in_process():
     assert step_parent({"execution": {"config": {"in_process": {}}}}) == os.getppid()
 
 
-def test_multiprocess_is_the_default_deployment(monkeypatch):
-    monkeypatch.delenv("DAGSTER_EXECUTOR", raising=False)
-    assert executor_from_env().name == dg.multi_or_in_process_executor.name
+def test_multiprocess_is_the_default_deployment():
+    assert executor_for(Settings.from_env({}).executor).name == dg.multi_or_in_process_executor.name

@@ -7,7 +7,7 @@ import shlex
 
 import dagster as dg
 
-from influencer_pipeline.dagster_layer.resources import ImageEngineResource, TrainerResource
+from influencer_pipeline.dagster_layer.resources import ComfyUIImageEngineResource, KohyaTrainerResource
 from influencer_pipeline.defs.training.assets import lora_samples, lora_weights
 from tests.defs.test_datasets import failure_text
 from tests.defs.test_training import materialize, store  # noqa: F401 - `store` is a fixture
@@ -26,13 +26,13 @@ def _run(store, tmp_path, comfy, loras, samples_config, epochs=1):  # noqa: F811
                 "lora_samples": {"config": {"prompts": ["ohwx woman, cafe"], **samples_config}},
             }
         ),
-        trainer=TrainerResource(
-            kohya_sd_scripts=str(fake_sd_scripts(tmp_path / "sd-scripts")),
+        trainer=KohyaTrainerResource(
+            sd_scripts=str(fake_sd_scripts(tmp_path / "sd-scripts")),
             accelerate=shlex.join(accelerate_command()),
-            kohya_tokenizer_cache_dir=str(fake_tokenizers(tmp_path / "tokenizers")),
+            tokenizer_cache_dir=str(fake_tokenizers(tmp_path / "tokenizers")),
             work_dir=str(tmp_path),
         ),
-        image_engine=ImageEngineResource(comfyui_url=comfy.url, comfyui_loras_dir=str(loras), work_dir=str(tmp_path)),
+        image_engine=ComfyUIImageEngineResource(url=comfy.url, loras_dir=str(loras), work_dir=str(tmp_path)),
     )
 
 

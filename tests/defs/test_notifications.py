@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import dagster as dg
 import pytest
 
-from influencer_pipeline.dagster_layer.notifier import NotifierResource, notifier_resource_from_env
+from influencer_pipeline.dagster_layer.notifier import NotifierResource, notifier_for
+from influencer_pipeline.dagster_layer.settings import Settings, SettingsError
 from influencer_pipeline.defs.operations.sensors import notification_sensors, run_failure_notifier, run_success_notifier
 from influencer_pipeline.notify import SIGNATURE_HEADER, TIMESTAMP_HEADER, NotificationError, verify_signature
 from tests.support.webhooks import Receiver
@@ -162,15 +163,18 @@ def test_slack_webhook_gets_block_kit(instance, receiver) -> None:
 def test_env_configures_the_resource_and_unset_means_no_webhook(instance, receiver, monkeypatch) -> None:
     result = succeeded(instance)
 
-    def notify_with_env() -> None:
+    def notify_with(notifier: NotifierResource) -> None:
         context = dg.build_run_status_sensor_context(
             sensor_name="run_success_notifier",
             dagster_instance=instance,
             dagster_run=result.dagster_run,
             dagster_event=result.get_run_success_event(),
-            resources={"notifier": notifier_resource_from_env()},
+            resources={"notifier": notifier},
         )
         run_success_notifier(context)
+
+    def notify_with_env() -> None:
+        notify_with(notifier_for(Settings.from_env().notifier))
 
     for name in ("NOTIFY_WEBHOOK_URLS", "NOTIFY_SLACK_WEBHOOK_URL", "NOTIFY_WEBHOOK_SECRET", "DAGSTER_UI_URL"):
         monkeypatch.delenv(name, raising=False)
@@ -178,8 +182,10 @@ def test_env_configures_the_resource_and_unset_means_no_webhook(instance, receiv
     assert receiver.requests == []
 
     monkeypatch.setenv("NOTIFY_WEBHOOK_URLS", f" {receiver.url} ,")
-    with pytest.raises(NotificationError, match="NOTIFY_WEBHOOK_SECRET"):
-        notify_with_env()
+    with pytest.raises(SettingsError, match="NOTIFY_WEBHOOK_SECRET: is not set but NOTIFY_WEBHOOK_URLS is"):
+        notify_with_env()  # refused when the definitions load, before any run could end unnotified
+    with pytest.raises(NotificationError, match="NOTIFY_WEBHOOK_SECRET"):  # a resource built by hand: at send
+        notify_with(NotifierResource(webhook_urls=receiver.url))
 
     monkeypatch.setenv("NOTIFY_WEBHOOK_SECRET", SECRET)
     monkeypatch.setenv("DAGSTER_UI_URL", "http://127.0.0.1:3000")

@@ -13,7 +13,11 @@ from cryptography.fernet import Fernet
 from influencer_pipeline.accounts.store import AccountStore, Identity, Secret, TokenSet
 from influencer_pipeline.content.plan import ContentPlan, PlannedPost
 from influencer_pipeline.dagster_layer.publishing import PublishingResource
-from influencer_pipeline.dagster_layer.resources import ImageEngineResource, VoiceResource, WriterResource
+from influencer_pipeline.dagster_layer.resources import (
+    EmbeddedImageEngineResource,
+    EspeakVoiceResource,
+    TemplateWriterResource,
+)
 from influencer_pipeline.defs.content.assets import content_plan, post_images, post_videos
 from influencer_pipeline.defs.publishing.assets import published_posts
 from influencer_pipeline.defs.publishing.sensors import due_posts_sensor
@@ -36,9 +40,9 @@ def test_a_day_is_published_to_the_outbox_once_even_when_run_twice(trained, tmp_
     publishing = PublishingResource(outbox_dir=str(outbox), work_dir=str(tmp_path / "work"))
     resources = {
         "media": media(trained),
-        "writer": WriterResource(),
-        "image_engine": ImageEngineResource(work_dir=str(trained.root.parent / "work")),
-        "voice": VoiceResource(),
+        "writer": TemplateWriterResource(),
+        "image_engine": EmbeddedImageEngineResource(work_dir=str(trained.root.parent / "work")),
+        "voice": EspeakVoiceResource(),
         "publishing": publishing,
     }
     with dg.instance_for_test() as instance:
@@ -140,7 +144,13 @@ def test_live_youtube_post_goes_out_once_and_its_token_is_nowhere_in_the_event_l
     trained.write_bytes(f"personas/ava/content/{day}/plan.json", plan.model_dump_json().encode())
     trained.write_bytes(f"personas/ava/content/{day}/videos/{reel.id}-9x16.mp4", video.read_bytes())
 
-    publishing = PublishingResource(mode="live", outbox_dir=str(tmp_path / "outbox"), work_dir=str(tmp_path / "w"))
+    publishing = PublishingResource(
+        mode="live",
+        outbox_dir=str(tmp_path / "outbox"),
+        work_dir=str(tmp_path / "w"),
+        accounts_url=dg.EnvVar("INFLUENCER_ACCOUNTS_DB"),  # as resources_for passes them: read when the run starts
+        token_keys=dg.EnvVar("INFLUENCER_TOKEN_KEYS"),
+    )
     with YouTubeStandin(tokens=(token,)) as youtube, dg.instance_for_test() as instance:
         monkeypatch.setenv("YOUTUBE_API_BASE_URL", youtube.url)
         instance.add_dynamic_partitions("personas", ["ava"])

@@ -10,8 +10,8 @@ import pytest
 from influencer_pipeline.dagster_layer.resources import (
     LocalMediaStoreResource,
     S3MediaStoreResource,
+    TemplateWriterResource,
     UploadPolicy,
-    WriterResource,
 )
 from influencer_pipeline.defs.content.assets import content_plan
 from influencer_pipeline.defs.datasets.assets import training_images
@@ -133,7 +133,7 @@ def test_profile_edit_outside_training_inputs_retrains_nothing_and_marks_planned
         [content_plan],
         partition_key=partition,
         instance=instance,
-        resources={"media": resources["media"], "writer": WriterResource()},
+        resources={"media": resources["media"], "writer": TemplateWriterResource()},
     )
     assert planned.success
 

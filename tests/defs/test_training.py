@@ -13,11 +13,14 @@ from PIL import Image
 
 from influencer_pipeline.dagster_layer.loras import resolve_lora
 from influencer_pipeline.dagster_layer.resources import (
-    ImageEngineResource,
+    ComfyUIImageEngineResource,
+    EmbeddedImageEngineResource,
+    EmbeddedTrainerResource,
+    KohyaTrainerResource,
     LocalMediaStoreResource,
-    TrainerResource,
-    resources_from_env,
+    resources_for,
 )
+from influencer_pipeline.dagster_layer.settings import Settings
 from influencer_pipeline.definitions import defs
 from influencer_pipeline.defs.training.assets import lora_samples, lora_weights
 from influencer_pipeline.media import LocalMediaStore
@@ -77,8 +80,8 @@ def test_embedded_trainer_and_engine_end_to_end(store, tmp_path) -> None:
                 "lora_samples": {"config": {"prompts": ["ohwx woman, portrait"], "steps": 2}},
             }
         ),
-        trainer=TrainerResource(work_dir=work),
-        image_engine=ImageEngineResource(work_dir=work),
+        trainer=EmbeddedTrainerResource(work_dir=work),
+        image_engine=EmbeddedImageEngineResource(work_dir=work),
     )
     assert result.success, failure_text(result)
     weights = meta(result, "lora_weights")
@@ -115,15 +118,13 @@ def test_kohya_trainer_and_comfyui_engine_end_to_end(store, tmp_path) -> None:
                     "lora_samples": {"config": {"prompts": ["ohwx woman, cafe", "ohwx woman, beach"]}},
                 }
             ),
-            trainer=TrainerResource(
-                kohya_sd_scripts=str(sd_scripts),
+            trainer=KohyaTrainerResource(
+                sd_scripts=str(sd_scripts),
                 accelerate=shlex.join(accelerate_command()),
-                kohya_tokenizer_cache_dir=str(fake_tokenizers(tmp_path / "tokenizers")),
+                tokenizer_cache_dir=str(fake_tokenizers(tmp_path / "tokenizers")),
                 work_dir=str(tmp_path),
             ),
-            image_engine=ImageEngineResource(
-                comfyui_url=comfy.url, comfyui_loras_dir=str(loras), work_dir=str(tmp_path)
-            ),
+            image_engine=ComfyUIImageEngineResource(url=comfy.url, loras_dir=str(loras), work_dir=str(tmp_path)),
         )
         submitted = comfy.received("POST", "/prompt")
     assert result.success, failure_text(result)
@@ -146,7 +147,7 @@ def test_out_of_range_override_fails_at_once_with_the_range(store, tmp_path) -> 
         [lora_weights],
         tmp_path,
         run_config=training_config(epochs=5000),
-        trainer=TrainerResource(work_dir=str(tmp_path / "w")),
+        trainer=EmbeddedTrainerResource(work_dir=str(tmp_path / "w")),
     )
     assert not result.success
     assert "'epochs': 5000 is out of range 1-1000" in failure_text(result)
@@ -162,7 +163,7 @@ def test_unknown_preset_is_refused_by_the_config_schema_before_any_run(store, tm
             [lora_weights],
             tmp_path,
             run_config=training_config(preset="nope"),
-            trainer=TrainerResource(work_dir=str(tmp_path / "w")),
+            trainer=EmbeddedTrainerResource(work_dir=str(tmp_path / "w")),
         )
     assert "nope" in str(refused.value) and "sd15-standard" in str(refused.value)
 
@@ -184,7 +185,7 @@ def test_training_launchpad_lists_presets_and_describes_every_field_with_its_ran
 def test_lora_versions_are_kept_reused_and_never_overwritten(store, tmp_path) -> None:
     """Two trainings with different settings are two versions side by side; training the first settings again
     reuses the first version instead of overwriting anything, and makes it the latest again."""
-    trainer = TrainerResource(work_dir=str(tmp_path / "work"))
+    trainer = EmbeddedTrainerResource(work_dir=str(tmp_path / "work"))
 
     def train(seed: int) -> dict:
         result = materialize(store, [lora_weights], tmp_path, training_config(seed=seed), trainer=trainer)
@@ -209,12 +210,11 @@ def test_lora_versions_are_kept_reused_and_never_overwritten(store, tmp_path) ->
     assert json.loads(store.read_bytes("personas/ava/manifests/lora_weights.json"))["version"] == first["version"]
 
 
-def test_environment_switches_engines_with_no_code_change(monkeypatch, tmp_path) -> None:
-    assert resources_from_env()["trainer"].engine == "embedded"
-    assert resources_from_env()["image_engine"].engine == "embedded"
-    monkeypatch.setenv("KOHYA_SD_SCRIPTS", str(tmp_path))
-    monkeypatch.setenv("COMFYUI_URL", "http://127.0.0.1:8188")
-    resources = resources_from_env()
+def test_environment_switches_engines_with_no_code_change(tmp_path) -> None:
+    embedded = resources_for(Settings.from_env({}))
+    assert embedded["trainer"].engine == "embedded" and embedded["image_engine"].engine == "embedded"
+    env = {"KOHYA_SD_SCRIPTS": str(tmp_path), "COMFYUI_URL": "http://127.0.0.1:8188"}
+    resources = resources_for(Settings.from_env(env))
     assert resources["trainer"].engine == "kohya" and resources["trainer"].default_preset == "sd15-standard"
     assert resources["image_engine"].engine == "comfyui"
 

@@ -415,7 +415,12 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_bucket: tuple[Any,
     media_resource = S3MediaStoreResource(bucket=bucket, prefix="studio", s3=s3)
     store = S3MediaStore(client, bucket, "studio")
     publishing = PublishingResource(
-        mode="live", outbox_dir=str(tmp_path / "outbox"), work_dir=str(tmp_path / "work"), grace_minutes=90
+        mode="live",
+        outbox_dir=str(tmp_path / "outbox"),
+        work_dir=str(tmp_path / "work"),
+        grace_minutes=90,
+        accounts_url=dg.EnvVar("INFLUENCER_ACCOUNTS_DB"),
+        token_keys=dg.EnvVar("INFLUENCER_TOKEN_KEYS"),
     )
     with contextlib.ExitStack() as stack:
         oauth = {p: stack.enter_context(OAuthStandin(p, clock=utcnow)) for p in PLATFORMS}

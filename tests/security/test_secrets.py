@@ -173,7 +173,7 @@ def test_the_running_webserver_shows_no_credential(webserver: str, fakes: Fakes)
     }
     for where, name in [
         (("publishing", "ledger_url"), "POST_LEDGER_URL"),
-        (("image_engine", "comfyui_url"), "COMFYUI_URL"),
+        (("image_engine", "url"), "COMFYUI_URL"),
         (("writer", "base_url"), "WRITER_BASE_URL"),
         (("writer", "api_key"), "OPENROUTER_API_KEY"),
         (("voice", "base_url"), "TTS_BASE_URL"),

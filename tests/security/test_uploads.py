@@ -24,7 +24,7 @@ import pytest
 from dagster._serdes import serialize_value
 from PIL import Image
 
-from influencer_pipeline.dagster_layer.resources import CaptionerResource, LocalMediaStoreResource, UploadPolicy
+from influencer_pipeline.dagster_layer.resources import LocalMediaStoreResource, SidecarCaptionerResource, UploadPolicy
 from influencer_pipeline.defs.datasets.assets import image_captions, training_images
 from influencer_pipeline.defs.datasets.sensors import upload_sensor
 from influencer_pipeline.ingest import IngestSettings, curate
@@ -129,7 +129,7 @@ def materialize(root: Path, **kw) -> tuple[dg.ExecuteInProcessResult, list[str]]
             [training_images, image_captions],
             partition_key="ava",
             instance=instance,
-            resources={"media": LocalMediaStoreResource(root=str(root)), "captioner": CaptionerResource()},
+            resources={"media": LocalMediaStoreResource(root=str(root)), "captioner": SidecarCaptionerResource()},
             raise_on_error=False,
             **kw,
         )

@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from influencer_pipeline.dagster_layer.resources import LocalMediaStoreResource, TrainerResource
+from influencer_pipeline.dagster_layer.resources import KohyaTrainerResource, LocalMediaStoreResource
 from influencer_pipeline.defs.training.assets import lora_weights
 from influencer_pipeline.media import LocalMediaStore
 from tests.fakes import accelerate_command, fake_sd_scripts, fake_tokenizers
@@ -32,10 +32,10 @@ def materialize_with_fake_kohya(tmp_path: Path) -> dg.ExecuteInProcessResult:
             instance=instance,
             resources={
                 "media": LocalMediaStoreResource(root=str(store.root)),
-                "trainer": TrainerResource(
-                    kohya_sd_scripts=str(fake_sd_scripts(tmp_path / "sd-scripts")),
+                "trainer": KohyaTrainerResource(
+                    sd_scripts=str(fake_sd_scripts(tmp_path / "sd-scripts")),
                     accelerate=shlex.join(accelerate_command()),
-                    kohya_tokenizer_cache_dir=str(fake_tokenizers(tmp_path / "tokenizers")),
+                    tokenizer_cache_dir=str(fake_tokenizers(tmp_path / "tokenizers")),
                     work_dir=str(tmp_path / "work"),
                 ),
             },

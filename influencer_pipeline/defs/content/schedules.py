@@ -17,7 +17,7 @@ from influencer_pipeline.dagster_layer.loras import lora_blocker
 from influencer_pipeline.dagster_layer.partitions import personas
 from influencer_pipeline.dagster_layer.plans import plan_key, published_count
 from influencer_pipeline.dagster_layer.resources import MediaStoreResource
-from influencer_pipeline.dagster_layer.settings import CalendarSettings
+from influencer_pipeline.dagster_layer.settings import CalendarSettings, load_settings
 from influencer_pipeline.defs.content.jobs import daily_content_job
 from influencer_pipeline.errors import InputError
 from influencer_pipeline.media.store import MediaStore
@@ -96,5 +96,5 @@ def plan_persona(
 
 @dg.definitions
 def calendar_schedule() -> dg.Definitions:
-    """The content calendar, built from CALENDAR_* when the definitions load, never when this module is imported."""
-    return dg.Definitions(schedules=[build_content_calendar(CalendarSettings.from_env())])
+    """The content calendar, built from the settings the definitions are built with, never at import."""
+    return dg.Definitions(schedules=[build_content_calendar(load_settings().calendar)])

@@ -15,7 +15,8 @@ from influencer_pipeline.dagster_layer import publishing as shared
 from influencer_pipeline.dagster_layer.metadata import table
 from influencer_pipeline.dagster_layer.partitions import calendar
 from influencer_pipeline.dagster_layer.publishing import PublishingResource
-from influencer_pipeline.dagster_layer.resources import media_store_from_env
+from influencer_pipeline.dagster_layer.resources import media_store_for
+from influencer_pipeline.dagster_layer.settings import load_settings
 from influencer_pipeline.defs.publishing.config import Action, ReviewPostsConfig
 from influencer_pipeline.errors import InputError
 from influencer_pipeline.publishing import decisions, review
@@ -30,7 +31,7 @@ OP_NAME = "record_decisions"  # the run config path: ops.record_decisions.config
 def day_review_config(persona: str, day: str) -> dict[str, Any]:
     """The launchpad config of a persona's day: its posts as the ledger has them now, each with `keep`."""
     ledger = decisions.ledger_from_env()
-    captions = captions_of_day(media_store_from_env().get_store(), persona, day)
+    captions = captions_of_day(media_store_for(load_settings().media).get_store(), persona, day)
     posts = [
         {
             "post_id": row.post_id,
