@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import dagster as dg
+
 GPU_TAGS = {"gpu": "1"}  # run tag: the instance's run-tag concurrency limit counts GPU runs by it
 
 
@@ -23,3 +27,17 @@ GPU_OP_TAGS = {
         "pod_spec_config": {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
     },
 }
+
+
+def gpu_step(retry_delay_s: int = 10) -> dict[str, Any]:
+    """What makes an asset a GPU step, said once: the `gpu` pool (one step per GPU slot across runs), the op tags
+    above, and retries for crashes such as a CUDA out-of-memory or a lost ComfyUI, backing off exponentially.
+    User errors are raised as final failures (`dagster_layer/errors.py`) and never use these retries.
+
+        @dg.asset(..., **gpu_step())
+    """
+    return {
+        "pool": "gpu",
+        "op_tags": GPU_OP_TAGS,
+        "retry_policy": dg.RetryPolicy(max_retries=2, delay=retry_delay_s, backoff=dg.Backoff.EXPONENTIAL),
+    }

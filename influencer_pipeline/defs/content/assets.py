@@ -29,7 +29,7 @@ from influencer_pipeline.dagster_layer.resources import (
     VoiceResource,
     WriterResource,
 )
-from influencer_pipeline.dagster_layer.tags import GPU_OP_TAGS
+from influencer_pipeline.dagster_layer.tags import gpu_step
 from influencer_pipeline.defs.content.config import ContentPlanConfig, PostImagesConfig, PostVideosConfig
 from influencer_pipeline.errors import InputError
 from influencer_pipeline.generation.base import ClipRequest, GenerationRequest, LoraRef
@@ -135,10 +135,8 @@ def rendered_from(store: MediaStore, manifest_key: str) -> str | None:
     partitions_def=calendar,
     group_name="content",
     deps=[content_plan, dg.AssetKey("lora_weights")],
-    pool="gpu",
-    op_tags=GPU_OP_TAGS,
     kinds={"pytorch", "image"},
-    retry_policy=dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL),
+    **gpu_step(),
 )
 def post_images(
     context: dg.AssetExecutionContext,

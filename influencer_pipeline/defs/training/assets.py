@@ -17,7 +17,7 @@ from influencer_pipeline.dagster_layer.loras import deploy_lora, resolve_lora
 from influencer_pipeline.dagster_layer.metadata import image_preview, table
 from influencer_pipeline.dagster_layer.partitions import personas
 from influencer_pipeline.dagster_layer.resources import ImageEngineResource, MediaStoreResource, TrainerResource
-from influencer_pipeline.dagster_layer.tags import GPU_OP_TAGS
+from influencer_pipeline.dagster_layer.tags import gpu_step
 from influencer_pipeline.defs.training.config import LoraSamplesConfig, LoraTrainingConfig
 from influencer_pipeline.errors import InputError
 from influencer_pipeline.generation.base import GenerationRequest, LoraRef
@@ -68,10 +68,8 @@ def progress_logger(
     partitions_def=personas,
     group_name="training",
     deps=[dg.AssetKey("image_captions")],
-    pool="gpu",
-    op_tags=GPU_OP_TAGS,
     kinds={"pytorch", "safetensors"},
-    retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
+    **gpu_step(retry_delay_s=30),
 )
 def lora_weights(
     context: dg.AssetExecutionContext,
@@ -218,10 +216,8 @@ def sample_prompts(config: LoraSamplesConfig, persona: Persona) -> list[str]:
     partitions_def=personas,
     group_name="training",
     deps=[lora_weights],
-    pool="gpu",
-    op_tags=GPU_OP_TAGS,
     kinds={"pytorch", "image"},
-    retry_policy=dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL),
+    **gpu_step(),
 )
 def lora_samples(
     context: dg.AssetExecutionContext,
