@@ -183,10 +183,10 @@ class PublishingSettings:
     def __post_init__(self) -> None:
         problems = []
         if self.mode not in PUBLISH_MODES:
+            fix = "unset it for the outbox folder, or set PUBLISH_MODE=live to post to the linked accounts"
             problems.append(
-                InputError(f"PUBLISH_MODE={self.mode!r}", f"must be one of {', '.join(PUBLISH_MODES)}", "unset it "
-                           "for the outbox folder, or set PUBLISH_MODE=live to post to the linked accounts")
-            )  # fmt: skip
+                InputError(f"PUBLISH_MODE={self.mode!r}", f"must be one of {', '.join(PUBLISH_MODES)}", fix)
+            )
         if self.mode == "live" and not self.token_keys.is_set:
             problems.append(
                 InputError(
@@ -238,17 +238,14 @@ class ExecutorSettings:
     def __post_init__(self) -> None:
         problems = []
         if self.name not in EXECUTORS:
-            problems.append(
-                InputError(f"{EXECUTOR_ENV}={self.name!r}", f"must be one of {', '.join(EXECUTORS)}",
-                           "unset it (multiprocess), or set it to celery or k8s")
-            )  # fmt: skip
+            fix = "unset it (multiprocess), or set it to celery or k8s"
+            problems.append(InputError(f"{EXECUTOR_ENV}={self.name!r}", f"must be one of {', '.join(EXECUTORS)}", fix))
         if self.name == "celery":
             for secret in (self.celery_broker_url, self.celery_result_backend):
                 if not secret.is_set:
-                    problems.append(
-                        InputError(secret.name, "is not set, and DAGSTER_EXECUTOR=celery sends every step through it",
-                                   f"set {secret.name} to the Redis or RabbitMQ URL the Celery workers use")
-                    )  # fmt: skip
+                    rule = "is not set, and DAGSTER_EXECUTOR=celery sends every step through it"
+                    fix = f"set {secret.name} to the Redis or RabbitMQ URL the Celery workers use"
+                    problems.append(InputError(secret.name, rule, fix))
         _raise_if(problems)
 
 
