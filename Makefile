@@ -8,7 +8,7 @@ export MEDIA_ROOT ?= $(CURDIR)/media
 export WORK_DIR ?= $(CURDIR)/work
 export OUTBOX_DIR ?= $(CURDIR)/outbox
 
-.PHONY: demo test dev studio lint format bench snapshot clean
+.PHONY: demo test test-slow test-all dev studio lint format bench snapshot clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,21 @@ demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/python -m influencer_pipeline.publishing.ledger
 	$(BIN)/python -m influencer_pipeline.demo
 
+# Tests come in two tiers (README.md, "Tests"): `make test` runs everything not marked `slow`, in a few minutes;
+# `make test-slow` runs the tests that take minutes each (real `dagster dev`, daemons, celery, n8n, a simulated month);
+# `make test-all` runs both in one go; CI (.ci/run) runs `test`, then `test-slow`. WORKERS=auto uses every core.
+# --dist loadscope keeps a module's tests on one worker, so its module-scoped server starts once.
+WORKERS ?= 2
+PYTEST := $(BIN)/pytest -n $(WORKERS) --dist loadscope --durations=15
+
 test: $(STAMP)
-	$(BIN)/pytest -n 2 --durations=15
+	$(PYTEST) -m "not slow"
+
+test-slow: $(STAMP)
+	$(PYTEST) -m slow
+
+test-all: $(STAMP)
+	$(PYTEST)
 
 dev: export STUDIO_URL ?= http://127.0.0.1:3001/studio
 dev: $(STAMP) $(DAGSTER_HOME)/dagster.yaml

@@ -17,6 +17,7 @@ from tests.support.services import free_port
 from tests.support.waiting import wait_until
 from tests.support.webserver import stop
 
+pytestmark = pytest.mark.slow  # `dagster dev` for real: minutes (make test-slow)
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = """
 mutation Launch($p: ExecutionParams!) {

@@ -341,6 +341,7 @@ def test_bootstrap_sets_the_gpu_pool_limit_idempotently(home: Path, instance: dg
     assert (info.limit, info.slot_count, info.using_default_limit) == (3, 3, False)
 
 
+@pytest.mark.slow
 def test_gpu_runs_launched_at_once_hold_both_limits_and_the_queue_drains(
     home: Path, instance: dg.DagsterInstance, launch: Callable[..., list[str]], production_env: dict[str, str]
 ) -> None:
@@ -372,6 +373,7 @@ def test_gpu_runs_launched_at_once_hold_both_limits_and_the_queue_drains(
     assert any(run_ids[0] in obj["Key"] for obj in listing.get("Contents", [])), "no compute logs in S3"
 
 
+@pytest.mark.slow
 def test_a_killed_run_worker_fails_the_run_frees_its_gpu_slot_and_is_retried(
     home: Path, instance: dg.DagsterInstance, launch: Callable[..., list[str]]
 ) -> None:
@@ -398,6 +400,7 @@ def test_a_killed_run_worker_fails_the_run_frees_its_gpu_slot_and_is_retried(
     assert status(instance, retry.run_id) == dg.DagsterRunStatus.SUCCESS
 
 
+@pytest.mark.slow
 def test_run_monitoring_stops_a_run_past_its_max_runtime(home: Path, instance: dg.DagsterInstance, launch) -> None:
     bootstrap(home, GPU_SLOTS)
     [run_id] = launch("long_gpu", tags={"dagster/max_runtime": "3", "dagster/max_retries": "0"})

@@ -31,6 +31,7 @@ def engine() -> ComfyUIEngine:
     )
 
 
+@pytest.mark.slow
 def test_the_recorded_node_inputs_are_still_what_comfyui_declares() -> None:
     for name, recorded in RECORDED_NODES.items():
         live = requests.get(f"{URL}/object_info/{name}", timeout=30).json()[name]
@@ -39,6 +40,7 @@ def test_the_recorded_node_inputs_are_still_what_comfyui_declares() -> None:
         assert live["output"] == recorded["output"], name
 
 
+@pytest.mark.slow
 def test_the_engine_renders_with_a_matching_lora_and_refuses_a_foreign_one(tmp_path: Path) -> None:
     comfy = engine()
     name = comfy.deploy_lora(write_lora(tmp_path / "real-check.safetensors", "sd1"), "real-check", group="real-check")

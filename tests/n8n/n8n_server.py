@@ -45,7 +45,7 @@ def require_n8n() -> Path:
         return home / "bin"
     reason = f"n8n {N8N_VERSION} is not installed in {home}: run {INSTALL_SCRIPT.relative_to(ROOT)}"
     if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true requires the real n8n; .ci/run installs it before `make test`)")
+        pytest.fail(f"{reason} (CI=true requires the real n8n; .ci/run installs it before the tests)")
     pytest.skip(reason)
 
 

@@ -284,6 +284,7 @@ def chromium() -> str:
     return path
 
 
+@pytest.mark.slow
 def test_a_real_browser_shows_the_week_grid_thumbnails_and_a_playable_reel(studio: Studio, tmp_path: Path) -> None:
     browser = chromium()
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",

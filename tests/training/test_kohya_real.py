@@ -47,6 +47,7 @@ def kill_training_in(epoch: int, report: object) -> object:
     return progress
 
 
+@pytest.mark.slow
 def test_killed_twice_resumed_twice_each_epoch_trained_once(tmp_path: Path) -> None:
     dataset = tmp_path / "dataset"
     dataset.mkdir()
