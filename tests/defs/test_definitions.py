@@ -60,7 +60,8 @@ def graph_snapshot() -> dict:
 
 
 def jobs_snapshot() -> dict:
-    """What each job runs (its assets and run tags) and when the schedules fire, with the default settings."""
+    """What each job runs (its assets and run tags), when the schedules fire, and which job each sensor starts and
+    how often it is evaluated, with the default settings."""
     repo = defs.get_repository_def()
     jobs = {
         job.name: {
@@ -75,7 +76,11 @@ def jobs_snapshot() -> dict:
         s.name: {"cron": s.cron_schedule, "timezone": s.execution_timezone, "job": s.job_name}
         for s in repo.schedule_defs
     }
-    return {"jobs": jobs, "schedules": schedules}
+    sensors = {
+        s.name: {"jobs": sorted(t.job_name for t in s.targets), "minimum_interval_seconds": s.minimum_interval_seconds}
+        for s in repo.sensor_defs
+    }
+    return {"jobs": jobs, "schedules": schedules, "sensors": sensors}
 
 
 def test_definitions_load() -> None:
