@@ -336,7 +336,7 @@ def test_instance_built_from_the_k8s_yaml(instance: dg.DagsterInstance) -> None:
     assert instance.run_launcher.supports_resume_run and instance.run_launcher.supports_check_run_worker_health
     assert instance.run_monitoring_enabled and instance.run_monitoring_max_resume_run_attempts == 2
     assert instance.run_retries_enabled and instance.run_retries_max_retries == 1
-    assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+    assert type(instance.run_coordinator).__name__ == "CheckedRunCoordinator"  # the queue, checking config ranges
 
 
 def test_run_pod_manifest(instance: dg.DagsterInstance, k8s_defs: dg.Definitions) -> None:

@@ -313,7 +313,7 @@ def test_instance_loads_from_the_production_yaml(instance: dg.DagsterInstance) -
     assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
     assert isinstance(instance.schedule_storage, PostgresScheduleStorage)
     assert isinstance(instance.compute_log_manager, S3ComputeLogManager)
-    assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+    assert type(instance.run_coordinator).__name__ == "CheckedRunCoordinator"  # the queue, checking config ranges
     assert instance.event_log_storage.supports_global_concurrency_limits
     assert instance.run_monitoring_enabled and instance.run_monitoring_max_runtime_seconds == 6 * 3600
     assert instance.run_monitoring_start_timeout_seconds > 0
