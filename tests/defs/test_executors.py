@@ -1,44 +1,72 @@
-"""The default executor forks step processes from a preloaded server, and run config can still choose otherwise."""
+"""The default executor forks each step process from the run worker, and run config can still choose otherwise."""
 
 from __future__ import annotations
 
 import os
+import sys
 
 import dagster as dg
+import pytest
 
 from influencer_pipeline.dagster_layer.executors import executor_for, forkserver_multiprocess_executor
-from influencer_pipeline.dagster_layer.settings import Settings
+from influencer_pipeline.dagster_layer.settings import ExecutorSettings
+
+# Set by the test in the run worker (this process) before the run; a step process sees the value only if it is a
+# fork of the run worker, since spawn and forkserver import this module afresh.
+MARKER = {"value": "imported afresh"}
+
+
+def thread_count(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return int(next(line for line in status if line.startswith("Threads:")).split()[1])
 
 
 @dg.op
-def parent_pid() -> int:
-    return os.getppid()
+def where_am_i() -> dict:
+    return {"parent": os.getppid(), "marker": MARKER["value"], "parent_threads": thread_count(os.getppid())}
 
 
 @dg.job(executor_def=forkserver_multiprocess_executor())
-def pid_job():
-    parent_pid()
+def where_job():
+    where_am_i()
 
 
-def step_parent(run_config: dict | None = None) -> int:
+def step_view(run_config: dict | None = None) -> dict:
     with (
         dg.instance_for_test() as instance,
-        dg.execute_job(dg.reconstructable(pid_job), instance=instance, run_config=run_config or {}) as result,
+        dg.execute_job(dg.reconstructable(where_job), instance=instance, run_config=run_config or {}) as result,
     ):
         assert result.success
-        return result.output_for_node("parent_pid")
+        return result.output_for_node("where_am_i")
 
 
-def test_steps_fork_from_a_preloaded_server_not_from_the_run_worker():
-    # Under `spawn` the run worker is the step's parent; under forkserver the server it started is.
-    assert step_parent() != os.getpid()
-    spawned = {"execution": {"config": {"multiprocess": {"start_method": {"spawn": {}}}}}}
-    assert step_parent(spawned) == os.getpid()
+@pytest.fixture(autouse=True)
+def marked(monkeypatch):
+    monkeypatch.setitem(MARKER, "value", f"set in the run worker {os.getpid()}")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork is the default on Linux only (forkserver elsewhere)")
+def test_steps_are_forks_of_the_run_worker_which_has_no_threads_to_copy():
+    view = step_view()
+    assert view["parent"] == os.getpid()  # execute_job makes this process the run worker
+    assert view["marker"] == MARKER["value"]  # nothing was imported again: the step is a fork
+    assert view["parent_threads"] == 1  # fork copies no lock held by another thread
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_run_config_can_still_choose_a_fresh_interpreter(method):
+    view = step_view({"execution": {"config": {"multiprocess": {"start_method": {method: {}}}}}})
+    assert view["marker"] == "imported afresh"
+    assert (view["parent"] == os.getpid()) == (method == "spawn")  # a forkserver's children are its own
 
 
 def test_run_config_can_still_run_every_step_in_process():
-    assert step_parent({"execution": {"config": {"in_process": {}}}}) == os.getppid()
+    view = step_view({"execution": {"config": {"in_process": {}}}})
+    assert view["parent"] == os.getppid()
+    assert view["marker"] == MARKER["value"]
 
 
 def test_multiprocess_is_the_default_deployment():
-    assert executor_for(Settings.from_env({}).executor).name == dg.multi_or_in_process_executor.name
+    default = executor_for(ExecutorSettings())
+    assert default.name == dg.multi_or_in_process_executor.name
+    assert default.config_schema.as_field().default_value == {"multiprocess": {}}
