@@ -22,6 +22,7 @@ from influencer_pipeline.training.base import TrainingCancelled, TrainingProgres
 from influencer_pipeline.training.kohya import KohyaLog, KohyaTrainer, KohyaTrainingError, dump_toml
 from influencer_pipeline.training.presets import load_preset
 from tests.fakes import accelerate_command, fake_sd_scripts, fake_tokenizers, install_accelerate
+from tests.support.waiting import wait_until
 
 IMAGES = 5  # x 2 repeats / batch 2 = 5 steps per epoch
 
@@ -332,8 +333,7 @@ def test_an_exception_in_the_caller_still_kills_the_tree(dataset: Path, sd_scrip
     pid_file = tmp_path / "pids.json"
 
     def interrupted(_: TrainingProgress) -> None:
-        while not pid_file.exists():
-            time.sleep(0.01)
+        wait_until(pid_file.exists, "the hung trainer to write its pids", interval=0.01)
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
