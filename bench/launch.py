@@ -36,6 +36,7 @@ Other work on the machine's cores slows all of it; the load average before the r
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -307,6 +308,18 @@ class Run:
         starting = {key: t for t, key in self.event_times("STEP_WORKER_STARTING")}
         return sum(t - starting[key] for t, key in self.event_times("STEP_START") if key in starting)
 
+    def step_startup_parts(self) -> list[float]:
+        """Step-process start-up split at the step's own events, summed over steps: [process started (fork, its
+        instance), planned (to RESOURCE_INIT_STARTED), resources built, to STEP_START]."""
+        marks = ["STEP_WORKER_STARTING", "STEP_WORKER_STARTED", "RESOURCE_INIT_STARTED", "RESOURCE_INIT_SUCCESS"]
+        times = [{key: t for t, key in self.event_times(mark)} for mark in [*marks, "STEP_START"]]
+        parts = [0.0] * len(marks)
+        for key in times[-1]:
+            known = [(i, at[key]) for i, at in enumerate(times) if key in at]
+            for (i, t), (_, later) in itertools.pairwise(known):
+                parts[min(i, len(parts) - 1)] += later - t
+        return parts
+
 
 def launch(
     server: Server, location: str, job: str, config: dict | None = None, tags: dict | None = None, timeout: float = 900
@@ -433,9 +446,10 @@ def bench_demo(server: Server, rounds: int) -> str:
         ("persona_pipeline", PIPELINE_CONFIG, {"dagster/partition": PERSONA}),
         ("daily_content", CONTENT_CONFIG, day_tags),
     ]
-    rows = []
+    rows, parts = [], [0.0] * 4
     for job, config, tags in jobs:
         run = launch(server, PIPELINE_LOCATION, job, config, tags)
+        parts = [a + b for a, b in zip(parts, run.step_startup_parts(), strict=True)]
         queued, steps = run.first("RUN_STARTING"), len(run.record["stepStats"])
         rows.append((job, run.end, run.step_time(), queued, run.start - queued, run.step_startup(), steps))
     baseline = process_time("import influencer_pipeline.definitions", rounds)
@@ -449,6 +463,11 @@ def bench_demo(server: Server, rounds: int) -> str:
             f"run worker start {worker:3.1f}, step-process start-up {startup:4.1f}, other {other:3.1f}"
         )
     wall, steps, _, _, startup, count = total
+    print(
+        f"launch: demo step-process start-up by part, summed over {count:g} steps: process started (fork, its "
+        f"instance) {parts[0]:.2f}, step planned {parts[1]:.2f}, resources built {parts[2]:.2f}, "
+        f"to STEP_START {parts[3]:.2f}"
+    )
     print(
         f"launch: baseline: fresh python importing influencer_pipeline.definitions {baseline:.2f} s "
         f"(median of {rounds}); step-process start-up per step / baseline = {startup / count / baseline:.2f}; "

@@ -39,6 +39,7 @@ import threading
 import time
 import traceback
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,7 @@ from dagster._serdes import ConfigurableClassData, deserialize_value, serialize_
 WORKER_TAG = "influencer_pipeline/run_worker"
 READY = "ready"
 FORK_REPLY_TIMEOUT_S = 30.0  # a fork answers in milliseconds; no answer means the server is broken
+RETRY_FAILED_AFTER_S = 60.0  # a server that failed (import error, killed) is started again after this, or on reload
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ class WorkerServer:
         self._buffer = b""
         self._lock = threading.Lock()
         self.ready = False
-        self.failed = False
+        self.failed_at: float | None = None  # time.monotonic() when it failed
         assert self.process.stdin is not None
         self.process.stdin.write(serialize_value(origin) + "\n" + serialize_value(instance_ref) + "\n")
         self.process.stdin.flush()
@@ -138,15 +140,16 @@ class WorkerServer:
     def poll_ready(self) -> bool:
         """Whether the server has loaded the code; never blocks."""
         with self._lock:
-            if not self.ready and not self.failed:
+            if not self.ready and self.failed_at is None:
                 try:
                     line = self._line(0)
                 except EOFError:
                     line = None
-                    self.failed = True
-                if line == READY:
-                    self.ready = True
-            return self.ready and self.process.poll() is None
+                    self.fail()
+                self.ready = line == READY
+            if self.ready and self.process.poll() is not None:  # killed since
+                self.fail()
+            return self.ready and self.failed_at is None
 
     def fork(self, execute_run_args: str) -> int:
         """Ask the server to fork a run worker for these `ExecuteRunArgs`; its pid."""
@@ -159,17 +162,23 @@ class WorkerServer:
                 raise TimeoutError(f"the worker server (pid {self.process.pid}) did not answer a fork request")
             return int(line)
 
+    def fail(self) -> None:
+        self.failed_at = self.failed_at or time.monotonic()
+
+    def retry_due(self) -> bool:
+        return self.failed_at is not None and time.monotonic() - self.failed_at > RETRY_FAILED_AFTER_S
+
     def stop(self) -> None:
         """Closing its stdin ends the server; run workers it forked run on to their end."""
-        self.failed = True
+        self.fail()
+        with suppress(OSError):  # already gone: its pipe is broken
+            self.process.stdin.close()  # type: ignore[union-attr]
         try:
-            if self.process.stdin:
-                self.process.stdin.close()
             self.process.wait(10)
-        except (OSError, subprocess.TimeoutExpired):
+        except subprocess.TimeoutExpired:
             self.process.kill()
-        finally:
-            os.close(self._replies)
+            self.process.wait()
+        os.close(self._replies)
 
 
 class PreloadedRunLauncher(dg.DefaultRunLauncher):
@@ -195,7 +204,7 @@ class PreloadedRunLauncher(dg.DefaultRunLauncher):
             pid = server.fork(serialize_value(args))
         except (OSError, TimeoutError, EOFError, ValueError) as err:
             # The request may have reached the server: launching again could run the run twice.
-            server.failed = True
+            server.fail()
             raise DagsterLaunchFailedError(f"worker server for {run.job_name} failed while forking: {err}") from err
         worker = RunWorker(pid, socket.gethostname(), process_state(pid)[1])
         self._instance.add_run_tags(run.run_id, {WORKER_TAG: worker.tag()})
@@ -211,7 +220,7 @@ class PreloadedRunLauncher(dg.DefaultRunLauncher):
                 self._servers.pop(key)[1].stop()
             for key, (server_id, origin) in wanted.items():
                 current = self._servers.get(key)
-                if current is None or current[0] != server_id or current[1].failed:  # new, reloaded or broken
+                if current is None or current[0] != server_id or current[1].retry_due():  # new, reloaded, broken
                     if current is not None:
                         current[1].stop()
                     self._servers[key] = (server_id, WorkerServer(origin, self._instance.get_ref()))
@@ -297,8 +306,12 @@ def serve(reply_fd: int) -> None:
         pass
     import dagster._cli  # noqa: F401  # the `dagster api execute_run` command the workers run
 
-    if threading.active_count() > 1:
-        print(f"worker server: {threading.active_count()} threads after loading the code", file=sys.stderr)
+    if threading.active_count() > 1:  # the launcher then keeps launching through the code server
+        names = ", ".join(thread.name for thread in threading.enumerate())
+        sys.exit(f"worker server: loading the code location started threads ({names}); forking is unsafe, exiting")
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():  # a forked child cannot use a CUDA context it inherits
+        sys.exit("worker server: loading the code location initialised CUDA; forking is unsafe, exiting")
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps exited workers (waitpid(2))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C of `dagster dev` is for its workers; it ends on stdin's EOF
     replies.write(READY + "\n")

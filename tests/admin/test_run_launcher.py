@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,13 +18,21 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
+from dagster._core.code_pointer import FileCodePointer
 from dagster._core.launcher import WorkerStatus
+from dagster._core.origin import RepositoryPythonOrigin
 from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import PythonFileTarget
 from dagster._daemon.monitoring.run_monitoring import monitor_started_run
 from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
 
-from influencer_pipeline.admin.run_launcher import WORKER_TAG, PreloadedRunLauncher, RunWorker, process_state
+from influencer_pipeline.admin.run_launcher import (
+    WORKER_TAG,
+    PreloadedRunLauncher,
+    RunWorker,
+    WorkerServer,
+    process_state,
+)
 from influencer_pipeline.dagster_layer.executors import forkserver_multiprocess_executor
 from tests.support.waiting import wait_until
 
@@ -201,3 +210,28 @@ def test_a_reloaded_code_location_gets_a_new_worker_server(warm: Site, tmp_path:
     wait_until(lambda: old.process.poll() is not None, "the stale worker server to exit")
     (new,) = [server for _, server in warm.launcher._servers.values()]
     assert new is not old
+
+
+THREADED_LOCATION = """
+import threading, time
+import dagster as dg
+
+threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
+defs = dg.Definitions()
+"""
+
+
+@pytest.mark.parametrize("source", ["import no_such_module\n", THREADED_LOCATION], ids=["import-error", "threads"])
+def test_a_worker_server_that_cannot_fork_safely_fails_and_is_not_used(site: Site, tmp_path: Path, source: str):
+    # Failed means `launch_run` keeps launching that location through the code server (retried after a while).
+    location = tmp_path / "location.py"
+    location.write_text(source)
+    pointer = FileCodePointer(str(location), "defs", str(tmp_path))
+    server = WorkerServer(RepositoryPythonOrigin(sys.executable, pointer), site.instance.get_ref())
+    try:
+        wait_until(lambda: server.process.poll() is not None, "the worker server to give up", timeout=120)
+        assert not server.poll_ready()
+        assert server.failed_at is not None
+        assert server.process.returncode != 0
+    finally:
+        server.stop()
