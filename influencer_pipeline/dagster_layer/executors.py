@@ -50,9 +50,11 @@ def forkserver_multiprocess_executor() -> dg.ExecutorDefinition:
     instance (storage connections), execution plan and resources. Each step still runs in a process of its own, so
     a GPU step's memory is freed when it exits.
 
-    Why fork is safe here: the run worker is single-threaded when it starts steps (tests/defs/test_executors.py
-    checks), and heavy libraries (torch, diffusers, transformers, nudenet) are imported inside the steps that use
-    them, so the parent holds no model or CUDA context to share. Dagster's config offers only `spawn` and
+    Why fork is safe here: a run worker started by `dagster api execute_run` (PreloadedRunLauncher, Docker, k8s)
+    has no other thread when it starts steps (tests/admin/test_run_launcher.py checks); one started by the code
+    server (DefaultRunLauncher) has one, blocked waiting for a termination request and holding no lock a step uses.
+    Heavy libraries (torch, diffusers, transformers, nudenet) are imported inside the steps that use them, so the
+    parent holds no model or CUDA context to share. Dagster's config offers only `spawn` and
     `forkserver`, so the default (no `start_method` in run config) builds Dagster's multiprocess executor with
     `fork`; run config keeps every option of the default executor: `in_process`, or a `multiprocess.start_method`
     of its own (`forkserver` or `spawn`). Elsewhere than Linux the default is `forkserver` (fork is unsafe on macOS).

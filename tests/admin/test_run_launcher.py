@@ -50,12 +50,17 @@ def parent_of(pid: int) -> int:
         return int(stat.read().rsplit(")", 1)[1].split()[1])
 
 
+def thread_count(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return int(next(line for line in status if line.startswith("Threads:")).split()[1])
+
+
 @dg.op(pool="gpu")
 def gpu_step(config: StepConfig) -> None:
     """Records which processes it runs in, then (with `wait`) waits for the test's `release` file."""
     folder = Path(config.folder)
     worker = os.getppid()
-    pids = {"step": os.getpid(), "worker": worker, "worker_parent": parent_of(worker)}
+    pids = {"step": os.getpid(), "worker": worker, "worker_parent": parent_of(worker), "threads": thread_count(worker)}
     (folder / "pids.json").write_text(json.dumps(pids))
     deadline = time.monotonic() + 600  # a bound, so a broken test never leaves a step behind for long
     while config.wait and not (folder / "release").exists() and time.monotonic() < deadline:
@@ -157,7 +162,8 @@ def test_a_queued_run_starts_in_a_worker_forked_from_the_worker_server(warm: Sit
     pids = json.loads((tmp_path / "pids.json").read_text())
     assert pids["worker"] == worker.pid  # the step's parent is the run worker the launcher recorded ...
     assert pids["worker_parent"] == server.process.pid  # ... a fork of the worker server
-    assert pids["step"] != worker.pid  # and the (GPU) step ran in a process of its own
+    assert pids["step"] != worker.pid  # and the (GPU) step ran in a process of its own, forked from a worker
+    assert pids["threads"] == 1  # with no other thread whose locks a fork could copy
     started = [e for e in warm.instance.all_logs(run_id) if "Started process for run" in (e.message or "")]
     assert f"(pid: {worker.pid})" in started[0].message
 

@@ -16,14 +16,9 @@ from influencer_pipeline.dagster_layer.settings import ExecutorSettings
 MARKER = {"value": "imported afresh"}
 
 
-def thread_count(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        return int(next(line for line in status if line.startswith("Threads:")).split()[1])
-
-
 @dg.op
 def where_am_i() -> dict:
-    return {"parent": os.getppid(), "marker": MARKER["value"], "parent_threads": thread_count(os.getppid())}
+    return {"parent": os.getppid(), "marker": MARKER["value"]}
 
 
 @dg.job(executor_def=forkserver_multiprocess_executor())
@@ -46,11 +41,12 @@ def marked(monkeypatch):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="fork is the default on Linux only (forkserver elsewhere)")
-def test_steps_are_forks_of_the_run_worker_which_has_no_threads_to_copy():
+def test_steps_are_forks_of_the_run_worker():
+    # That a real run worker has no thread when it forks is checked in tests/admin/test_run_launcher.py: this
+    # process, made the run worker by execute_job, may hold threads of other tests.
     view = step_view()
-    assert view["parent"] == os.getpid()  # execute_job makes this process the run worker
+    assert view["parent"] == os.getpid()
     assert view["marker"] == MARKER["value"]  # nothing was imported again: the step is a fork
-    assert view["parent_threads"] == 1  # fork copies no lock held by another thread
 
 
 @pytest.mark.parametrize("method", ["spawn", "forkserver"])
