@@ -38,6 +38,7 @@ from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCATION = "launcher_test"
+pytestmark = pytest.mark.integration  # a real code server, worker server and run workers: seconds, not minutes
 
 
 class StepConfig(dg.Config):
