@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import typing
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -10,7 +12,7 @@ from dagster._core.definitions.op_definition import OpDefinition
 
 from influencer_pipeline.admin.run_coordinator import CHECKED_CONFIG, run_config_problems
 from influencer_pipeline.defs.training.config import LoraTrainingConfig
-from tests.support.webserver import Server
+from tests.support.webserver import ROOT, Server
 from tests.support.webserver import server as server
 
 STATUS = """
@@ -97,3 +99,14 @@ def test_the_launchpad_refuses_epochs_5000_before_the_run_is_queued(server: Serv
 
     accepted = server.graphql({"query": LAUNCH, "variables": {"p": training_params({"epochs": 3})}}, server.token)
     assert accepted.json()["data"]["launchRun"]["run"]["status"] == "QUEUED"
+
+
+def test_the_local_instance_polls_its_queue_twice_a_second_and_keeps_its_limits(tmp_path: Path) -> None:
+    shutil.copy(ROOT / "resources" / "dagster" / "dagster.local.yaml", tmp_path / "dagster.yaml")
+    instance = dg.DagsterInstance.from_config(str(tmp_path))
+    try:
+        assert type(instance.run_coordinator).__name__ == "CheckedRunCoordinator"
+        assert instance.run_coordinator.dequeue_interval_seconds == 0.5
+        assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 2
+    finally:
+        instance.dispose()
