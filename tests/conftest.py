@@ -19,6 +19,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> None:
+    """One torch/OpenMP thread per xdist worker: `make test` runs one worker per core, and two threads each would
+    fight over the cores (OpenMP threads spin while they wait, which is worst on a machine busy with other work).
+    Set after collection, since importing tests/diffusion sets two threads for a test run on its own; the variable
+    reaches the run workers and servers that tests start."""
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """A real S3-protocol HTTP server on loopback, shared by the session; tests isolate by bucket."""
