@@ -29,7 +29,7 @@ def executor_for(settings: "ExecutorSettings") -> dg.ExecutorDefinition:
     """The executor `DAGSTER_EXECUTOR` names, as read and checked by `dagster_layer/settings.py`."""
     name = settings.name
     if name == "multiprocess":
-        return forkserver_multiprocess_executor()
+        return forked_multiprocess_executor()
     if name == "celery":
         return celery_executor_from_env()
     if name == "k8s":
@@ -39,7 +39,7 @@ def executor_for(settings: "ExecutorSettings") -> dg.ExecutorDefinition:
     )
 
 
-def forkserver_multiprocess_executor() -> dg.ExecutorDefinition:
+def forked_multiprocess_executor() -> dg.ExecutorDefinition:
     """Dagster's default executor, with each step process forked from the run worker that has already loaded the code.
 
     Under `spawn` (Dagster's default) every step process starts a fresh interpreter and imports dagster and the code

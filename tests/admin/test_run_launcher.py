@@ -33,7 +33,7 @@ from influencer_pipeline.admin.run_launcher import (
     WorkerServer,
     process_state,
 )
-from influencer_pipeline.dagster_layer.executors import forkserver_multiprocess_executor
+from influencer_pipeline.dagster_layer.executors import forked_multiprocess_executor
 from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,7 +68,7 @@ def gpu_step(config: StepConfig) -> None:
         time.sleep(0.05)
 
 
-@dg.job(executor_def=forkserver_multiprocess_executor())
+@dg.job(executor_def=forked_multiprocess_executor())
 def gpu_job() -> None:
     gpu_step()
 

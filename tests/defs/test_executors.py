@@ -8,7 +8,7 @@ import sys
 import dagster as dg
 import pytest
 
-from influencer_pipeline.dagster_layer.executors import executor_for, forkserver_multiprocess_executor
+from influencer_pipeline.dagster_layer.executors import executor_for, forked_multiprocess_executor
 from influencer_pipeline.dagster_layer.settings import ExecutorSettings
 
 # Set by the test in the run worker (this process) before the run; a step process sees the value only if it is a
@@ -21,7 +21,7 @@ def where_am_i() -> dict:
     return {"parent": os.getppid(), "marker": MARKER["value"]}
 
 
-@dg.job(executor_def=forkserver_multiprocess_executor())
+@dg.job(executor_def=forked_multiprocess_executor())
 def where_job():
     where_am_i()
 
