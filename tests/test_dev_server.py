@@ -15,20 +15,10 @@ import requests
 
 from tests.support.services import free_port
 from tests.support.waiting import wait_until
-from tests.support.webserver import stop
+from tests.support.webserver import LAUNCH, stop
 
 pytestmark = pytest.mark.slow  # `dagster dev` for real: minutes (make test-slow)
 ROOT = Path(__file__).resolve().parents[1]
-LAUNCH = """
-mutation Launch($p: ExecutionParams!) {
-  launchRun(executionParams: $p) {
-    __typename
-    ... on LaunchRunSuccess { run { runId status } }
-    ... on RunConfigValidationInvalid { errors { message } }
-    ... on PythonError { message }
-  }
-}
-"""
 RUN_STATUS = """
 query Run($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status } } }
 """

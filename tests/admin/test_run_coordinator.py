@@ -12,21 +12,12 @@ from dagster._core.definitions.op_definition import OpDefinition
 
 from influencer_pipeline.admin.run_coordinator import CHECKED_CONFIG, run_config_problems
 from influencer_pipeline.defs.training.config import LoraTrainingConfig
-from tests.support.webserver import ROOT, Server
+from tests.support.webserver import LAUNCH, ROOT, Server
 from tests.support.webserver import server as server
 
 STATUS = """
 query Runs { runsOrError { ... on Runs { results { runId status jobName } } } }
 """
-LAUNCH = """
-mutation Launch($p: ExecutionParams!) {
-  launchRun(executionParams: $p) {
-    __typename
-    ... on LaunchRunSuccess { run { runId status } }
-    ... on RunConfigValidationInvalid { errors { message } }
-    ... on PythonError { message }
-  }
-}"""
 
 
 def training_params(lora_weights: dict) -> dict:

@@ -25,7 +25,12 @@ from tests.support.waiting import wait_until
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCH = """
 mutation Launch($p: ExecutionParams!) {
-  launchRun(executionParams: $p) { __typename ... on LaunchRunSuccess { run { runId status } } }
+  launchRun(executionParams: $p) {
+    __typename
+    ... on LaunchRunSuccess { run { runId status } }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on PythonError { message }
+  }
 }"""
 COUNT_RUNS = "query CountRuns { runsOrError { __typename ... on Runs { count } } }"
 PARAMS = {
