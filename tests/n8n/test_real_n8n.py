@@ -127,6 +127,7 @@ def test_workflows_in_real_n8n_train_a_persona_make_its_day_and_take_signed_even
             check_failures_against_the_stand_in(n8n, standin, receiver)
             check_training(n8n, receiver)
             check_unknown_preset(n8n, receiver)
+            check_out_of_range_training(n8n, receiver)
             check_failed_retraining(n8n, dagster_dev, receiver)
             check_daily_content(n8n, dagster_dev, receiver)
 
@@ -257,17 +258,34 @@ def check_unknown_preset(n8n: N8n, receiver: Endpoint) -> None:
     assert notification["failure"] == failure and notification["status"] == "ERROR"
 
 
+def check_out_of_range_training(n8n: N8n, receiver: Endpoint) -> None:
+    """5000 epochs (the preset allows 1-1000) is refused at launch by the instance's run coordinator, before the
+    run is queued: 502 ERROR with stage `training`, no step, and the field with its range; notified."""
+    receiver.received.clear()
+    answer, execution = train(n8n, "train-persona", TRAINING | {"training": {"epochs": 5000}})
+    assert answer.status_code == 502, (answer.text, execution["status"])
+    body = answer.json()
+    failure = body["failure"]
+    assert body["status"] == "ERROR" and body["lora"] is None and failure["step"] is None, body
+    assert failure["stage"] == "training" and failure["job"] == "persona_training", body
+    assert "'epochs': 5000 is out of range 1 to 1000" in failure["message"], body
+    assert "training" not in body["runs"], body  # no run was queued, so none was followed
+    [(_, notification)] = receiver.received
+    assert notification["failure"] == failure and notification["status"] == "ERROR"
+
+
 def check_failed_retraining(n8n: N8n, url: str, receiver: Endpoint) -> None:
-    """A retraining whose step fails (5000 epochs: out of the preset's range, checked when lora_weights starts):
+    """A retraining whose step fails (a base model that is not on this machine: the step says how to provide it):
     500 with the stage, job, step and the trainer's message, notified. ava keeps the LoRA of the first training,
     which daily-content must still use."""
     receiver.received.clear()
-    answer, execution = train(n8n, "train-persona", TRAINING | {"training": {"epochs": 5000}})
+    missing = "/nonexistent/models/no-such-base-model"
+    answer, execution = train(n8n, "train-persona", TRAINING | {"training": {"epochs": 1, "base_model": missing}})
     assert answer.status_code == 500, (answer.text, execution["status"])
     body = answer.json()
     assert body["status"] == "FAILURE" and body["lora"] is None, body
     assert body["failure"]["stage"] == "training" and body["failure"]["job"] == "persona_training", body
-    assert body["failure"]["step"] == "lora_weights" and "5000" in body["failure"]["message"], body
+    assert body["failure"]["step"] == "lora_weights" and "no-such-base-model" in body["failure"]["message"], body
     assert body["runs"]["dataset"]["status"] == "SUCCESS" and body["runs"]["training"]["status"] == "FAILURE"
     [(_, notification)] = receiver.received
     assert notification["failure"] == body["failure"] and notification["status"] == "FAILURE"
