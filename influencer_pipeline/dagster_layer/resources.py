@@ -3,7 +3,7 @@
 `resources_for(settings)` picks each role's engine from the `Settings` read when the definitions are built
 (`dagster_layer/settings.py`, the only module that reads the environment); unset variables mean the embedded
 defaults. Every setting that can carry a credential (API keys, and every URL: `user:password@host` and `?token=`
-put one in a URL) is passed as `dg.EnvVar` (`SECRET_ENV_VARS`): the definitions then hold only the variable's
+put one in a URL) is passed as `dg.EnvVar` (`settings.SECRET_ENV_VARS`): the definitions then hold only the variable's
 name, so neither the webserver's resource view nor GraphQL can show the value, and the run reads it at start
 (https://docs.dagster.io/guides/operate/configuration/using-environment-variables-and-secrets).
 """
@@ -20,7 +20,7 @@ from dagster_aws.s3 import S3Resource
 from influencer_pipeline.captions import BlipCaptioner, Captioner
 from influencer_pipeline.content.writers import TemplateWriter, Writer
 from influencer_pipeline.dagster_layer.publishing import PublishingResource
-from influencer_pipeline.dagster_layer.settings import SECRET_ENV_VARS, MediaSettings, Settings
+from influencer_pipeline.dagster_layer.settings import MediaSettings, Settings
 from influencer_pipeline.errors import InputError
 from influencer_pipeline.generation.base import ImageEngine
 from influencer_pipeline.generation.comfyui import ComfyUIEngine
@@ -32,8 +32,6 @@ from influencer_pipeline.voice.timing import Voice
 
 if TYPE_CHECKING:
     from influencer_pipeline.voice import WhisperAligner
-
-__all__ = ["SECRET_ENV_VARS"]  # re-exported: the security tests check every one reaches a resource as an EnvVar
 
 
 class MediaStoreResource(dg.ConfigurableResource):

@@ -18,7 +18,6 @@ from influencer_pipeline.dagster_layer.notifier import notifier_for
 from influencer_pipeline.dagster_layer.partitions import HORIZON_DAYS
 from influencer_pipeline.dagster_layer.publishing import PublishingResource
 from influencer_pipeline.dagster_layer.resources import (
-    SECRET_ENV_VARS,
     BlipCaptionerResource,
     ComfyUIImageEngineResource,
     EmbeddedImageEngineResource,
@@ -35,6 +34,7 @@ from influencer_pipeline.dagster_layer.resources import (
     resources_for,
 )
 from influencer_pipeline.dagster_layer.settings import (
+    SECRET_ENV_VARS,
     Settings,
     SettingsError,
     horizon_days_at_import,

@@ -18,10 +18,9 @@ from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-import pytest
 import requests
 
-from tests.support.services import free_port
+from tests.support.services import free_port, unavailable
 from tests.support.waiting import wait_until
 
 N8N_VERSION = "2.41.1"
@@ -43,10 +42,10 @@ def require_n8n() -> Path:
     installed = list(home.glob(f".installed-n8n-{N8N_VERSION}-node-*"))
     if installed and (home / "bin" / "n8n").exists():
         return home / "bin"
-    reason = f"n8n {N8N_VERSION} is not installed in {home}: run {INSTALL_SCRIPT.relative_to(ROOT)}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true requires the real n8n; .ci/run installs it before the tests)")
-    pytest.skip(reason)
+    unavailable(
+        f"n8n {N8N_VERSION} is not installed in {home}: run {INSTALL_SCRIPT.relative_to(ROOT)}",
+        ".ci/run installs it before the tests",
+    )
 
 
 class N8n:

@@ -30,7 +30,7 @@ from cryptography.fernet import Fernet
 from dagster._core.remote_representation.external_data import RepositorySnap
 from dagster._serdes import serialize_value
 
-from influencer_pipeline.dagster_layer.resources import SECRET_ENV_VARS
+from influencer_pipeline.dagster_layer.settings import SECRET_ENV_VARS
 from tests.content.llm_standin import LLMStandin, Status
 from tests.support.services import free_port
 from tests.support.webserver import stop, wait_until_up

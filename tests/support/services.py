@@ -9,12 +9,15 @@ from typing import NoReturn
 import pytest
 
 
-def service_missing(name: str, host: str, port: int, detail: object = "") -> NoReturn:
-    """Skip on a developer's machine without the service; fail under CI=true, where it runs and must be tested."""
-    reason = f"{name} not reachable at {host}:{port}"
+def unavailable(reason: str, ci_detail: object = "") -> NoReturn:
+    """Skip on a developer's machine that lacks what a test needs; fail under CI=true, where .ci/run provides it."""
     if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} and CI=true requires it" + (f": {detail}" if detail else ""))
+        pytest.fail(f"{reason} and CI=true requires it" + (f": {ci_detail}" if ci_detail else ""))
     pytest.skip(reason)
+
+
+def service_missing(name: str, host: str, port: int, detail: object = "") -> NoReturn:
+    unavailable(f"{name} not reachable at {host}:{port}", detail)
 
 
 def require_service(name: str, host: str, port: int) -> None:
